@@ -1,0 +1,3 @@
+from srkit.cli.main import run
+
+raise SystemExit(run())

@@ -1,0 +1,1 @@
+"""Benchmarking: metrics (PSNR/SSIM), timing and reports."""

@@ -1,0 +1,138 @@
+"""The `srkit` command. Thin: heavy packages are imported inside each command, so `--help` is instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import click
+
+from srkit import __version__
+from srkit.errors import SrkitError
+from srkit.meta import Precision
+
+PRECISIONS = click.Choice([p.value for p in Precision], case_sensitive=False)
+BACKENDS = ["auto", "ort", "openvino", "trt", "torch"]
+
+
+def parse_hw(value: str | None, flag: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HxW, e.g. 256x256, not {value!r}", param_hint=flag) from None
+    return h, w
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="srkit")
+def cli() -> None:
+    """srkit: export super-resolution models to ONNX and run them on ONNX Runtime, OpenVINO, TensorRT."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def zoo(as_json: bool) -> None:
+    """List the bundled models."""
+    from srkit.cli import commands
+
+    commands.zoo(as_json)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file to write (default: SOURCE stem + .onnx)")
+@click.option("--arch", help="architecture, when it cannot be detected (or to confirm it)")
+@click.option("--scale", type=int, help="upscaling factor, when the weights do not say")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--static", "static", metavar="HxW", help="fixed input size instead of dynamic axes")
+@click.option("--no-verify", is_flag=True, help="skip the parity gate (not recommended)")
+def export(source: str, output: str | None, arch: str | None, scale: int | None, opset: int,
+           static: str | None, no_verify: bool) -> None:
+    """Export SOURCE (a bundled name or a checkpoint) to ONNX and verify it against PyTorch."""
+    from srkit.cli import commands
+
+    commands.export(source, output, arch=arch, scale=scale, opset=opset,
+                    static=parse_hw(static, "--static"), verify=not no_verify)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True)
+def info(model: str, as_json: bool) -> None:
+    """Show the srkit metadata of an exported model."""
+    from srkit.cli import commands
+
+    commands.info(model, as_json)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-m", "--model", required=True, help="exported .onnx or a bundled name")
+@click.option("-o", "--output", help="output file (one input) or folder")
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", type=PRECISIONS, default="fp32", show_default=True)
+@click.option("--threads", type=int, help="CPU threads for the backend")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality")
+def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: str, device: str, precision: str,
+            threads: int | None, quality: int) -> None:
+    """Upscale image files or folders of images."""
+    from srkit.cli import commands
+
+    commands.upscale(list(inputs), model, output, backend=backend, device=device, precision=precision,
+                     threads=threads, quality=quality)
+
+
+@cli.command()
+@click.option("-m", "--model", required=True, help="exported .onnx or a bundled name")
+@click.option("--backend", default="all", show_default=True, help="ort, openvino, trt, torch or all")
+@click.option("--precision", type=PRECISIONS, default="fp32", show_default=True)
+@click.option("--size", default="1080p", show_default=True, help="720p/1080p/4k (output) or WxH (input)")
+@click.option("--dataset", type=click.Path(file_okay=False), help="folder of high-resolution images")
+@click.option("--threads", type=int)
+@click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds of timed calls per figure")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON")
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the results as a Markdown table")
+def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, threads: int | None,
+          min_time: float, json_out: str | None, md_out: str | None) -> None:
+    """Measure speed, memory and quality of a model per backend."""
+    from srkit.cli import commands
+
+    commands.bench(model, backend, precision, size, dataset, threads, min_time, json_out, md_out)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"srkit: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors become one `srkit: error:` line and exit 2; never a traceback for them."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="srkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        return _fail("aborted", 130)
+    except click.ClickException as exc:
+        return _fail(exc.format_message())
+    except SrkitError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except MemoryError:
+        return _fail("out of memory; try tiling (--tile) or a smaller input")
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except Exception as exc:  # a bug in srkit, not a user error
+        if os.environ.get("SRKIT_DEBUG"):
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (set SRKIT_DEBUG=1 for a traceback)", 1)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(run())

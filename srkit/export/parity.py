@@ -1,0 +1,109 @@
+"""The parity gate: ONNX Runtime against PyTorch fp32 on real image content at unrelated shapes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from srkit import imaging
+from srkit._optional import require
+from srkit.data import held_out_images
+from srkit.errors import ParityError
+
+# (batch, height, width) before rounding to the model's size multiple: non-square, odd, unrelated
+DEFAULT_SHAPES = ((1, 37, 53), (2, 48, 31), (1, 71, 90))
+
+
+@dataclass
+class ParityReport:
+    backend: str
+    shapes: list[list[int]] = field(default_factory=list)
+    max_abs: float = 0.0
+    psnr_db: float = math.inf
+    nonfinite: int = 0
+    gate: str = ""
+    passed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["psnr_db"] = None if math.isinf(self.psnr_db) else round(self.psnr_db, 2)
+        data["max_abs"] = float(f"{self.max_abs:.3g}")
+        return data
+
+
+def round_to(value: int, multiple: int) -> int:
+    return max(multiple, value - value % multiple)
+
+
+def gate_shapes(size_multiple: int, static: tuple[int, int] | None) -> list[tuple[int, int, int]]:
+    if static is not None:
+        return [(1, *static)]
+    return [(b, round_to(h, size_multiple), round_to(w, size_multiple)) for b, h, w in DEFAULT_SHAPES]
+
+
+def real_inputs(shape: tuple[int, int, int], channels: int, seed: int) -> np.ndarray:
+    """NCHW float32 crops of the bundled CC0 photos, in the colour space the model expects."""
+    rng = np.random.default_rng(seed)
+    photos = list(held_out_images().values())
+    batch, h, w = shape
+    crops = []
+    for i in range(batch):
+        photo = imaging.to_float(photos[(seed + i) % len(photos)])
+        y0 = rng.integers(0, max(1, photo.shape[0] - h))
+        x0 = rng.integers(0, max(1, photo.shape[1] - w))
+        crop = photo[y0 : y0 + h, x0 : x0 + w, :3]
+        if crop.shape[:2] != (h, w):  # larger than the photo: resample instead of cropping
+            crop = imaging.resize_bicubic(photo[..., :3], h, w)
+        crops.append(imaging.rgb_to_y(crop)[None] if channels == 1 else crop.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(crops), dtype=np.float32)
+
+
+def run_gate(
+    onnx_path: Path,
+    torch_module: Any,
+    *,
+    channels: int,
+    size_multiple: int,
+    static: tuple[int, int] | None,
+    max_abs: float | None = 1e-4,
+    min_psnr: float | None = None,
+) -> ParityReport:
+    """Compare ORT (CPU EP) with the torch module; raise ParityError with the numbers if the gate fails."""
+    ort = require("onnxruntime", extra="ort")
+    torch = require("torch")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    gate = " and ".join(
+        g for g in (f"max_abs<={max_abs:g}" if max_abs is not None else "",
+                    f"psnr>={min_psnr:g}dB" if min_psnr is not None else "") if g
+    )
+    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=gate)
+    worst_mse = 0.0
+    for i, shape in enumerate(gate_shapes(size_multiple, static)):
+        x = real_inputs(shape, channels, seed=i)
+        with torch.no_grad():
+            ref = torch_module(torch.from_numpy(x)).numpy()
+        out = np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
+        if out.shape != ref.shape:
+            raise ParityError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
+        report.shapes.append(list(x.shape))
+        report.nonfinite += int((~np.isfinite(out)).sum())
+        diff = np.abs(out.astype(np.float64) - ref)
+        report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
+        worst_mse = max(worst_mse, float(np.nanmean(diff**2)))
+    report.psnr_db = math.inf if worst_mse == 0 else 10 * math.log10(1.0 / worst_mse)
+    report.passed = (
+        report.nonfinite == 0
+        and (max_abs is None or report.max_abs <= max_abs)
+        and (min_psnr is None or report.psnr_db >= min_psnr)
+    )
+    if not report.passed:
+        raise ParityError(
+            f"parity gate failed ({gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
+            f"{report.nonfinite} non-finite values, shapes {report.shapes}"
+        )
+    return report

@@ -1,0 +1,132 @@
+"""Pixel plumbing shared by every layer: dtype and range, BT.601 YCbCr, bicubic resize, padding.
+
+numpy plus Pillow only (Pillow is a core dependency, used for its antialiased bicubic resampler), so the
+runtime can use it on a device without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from srkit.errors import InputError
+
+# ITU-R BT.601 for 8-bit video range, as MATLAB's rgb2ycbcr (the SR papers' convention). Values in 0-1.
+_RGB2YCBCR = np.array(
+    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]], dtype=np.float64
+) / 255.0
+_YCBCR_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
+_YCBCR2RGB = np.linalg.inv(_RGB2YCBCR)
+
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a caller's image was laid out, so the result can be given back the same way."""
+
+    dtype: np.dtype
+    gray: bool  # HxW in, HxW out
+    channels: int  # 1, 3 or 4 (the last one alpha)
+
+
+def describe(image: np.ndarray) -> Layout:
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"expected a numpy array, got {type(image).__name__}")
+    if image.dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float32")
+    if image.ndim == 2:
+        channels, gray = 1, True
+    elif image.ndim == 3 and image.shape[2] in (1, 3, 4):
+        channels, gray = image.shape[2], False
+    else:
+        raise InputError(f"expected an HxW or HxWxC image with C in 1, 3, 4; got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"empty image (shape {image.shape})")
+    return Layout(image.dtype, gray, channels)
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """uint8/uint16/float32 -> float32 in 0-1. The scale comes from the dtype, never from pixel values."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if image.dtype == np.float32:
+        return image
+    raise InputError(f"unsupported image dtype {image.dtype}")
+
+
+def from_float(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float 0-1 -> dtype, clipped and rounded (not truncated)."""
+    if dtype == np.float32:
+        return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+    peak = 255.0 if dtype == np.uint8 else 65535.0
+    return np.clip(np.rint(image * peak), 0, peak).astype(dtype)
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 float RGB in 0-1 -> HxWx3 float32 YCbCr in 0-1 (Y in 16/255..235/255)."""
+    out = rgb.astype(np.float32, copy=False) @ _RGB2YCBCR.T.astype(np.float32)
+    return out + _YCBCR_OFFSET.astype(np.float32)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    return (ycc - _YCBCR_OFFSET.astype(np.float32)) @ _YCBCR2RGB.T.astype(np.float32)
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """Luma only, HxW float32 (0-1)."""
+    w = _RGB2YCBCR[0].astype(np.float32)
+    return rgb[..., 0] * w[0] + rgb[..., 1] * w[1] + rgb[..., 2] * w[2] + np.float32(_YCBCR_OFFSET[0])
+
+
+def gray_to_y(gray: np.ndarray) -> np.ndarray:
+    """A gray pixel v is RGB (v, v, v): its luma is an affine map of v."""
+    return gray * np.float32(_RGB2YCBCR[0].sum()) + np.float32(_YCBCR_OFFSET[0])
+
+
+def y_to_gray(y: np.ndarray) -> np.ndarray:
+    return (y - np.float32(_YCBCR_OFFSET[0])) / np.float32(_RGB2YCBCR[0].sum())
+
+
+def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize of a float32 HxW or HxWxC array (Pillow's kernel, antialiased when shrinking)."""
+    if image.ndim == 2:
+        return np.asarray(
+            Image.fromarray(image.astype(np.float32, copy=False), mode="F").resize(
+                (width, height), Image.Resampling.BICUBIC
+            )
+        )
+    planes = [resize_bicubic(image[..., c], height, width) for c in range(image.shape[2])]
+    return np.stack(planes, axis=-1)
+
+
+def downscale_uint8(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The benchmark convention's low-resolution image: Pillow bicubic (antialiased) on uint8 RGB or gray."""
+    h, w = hr.shape[0] // scale, hr.shape[1] // scale
+    return np.asarray(Image.fromarray(hr).resize((w, h), Image.Resampling.BICUBIC))
+
+
+def upscale_uint8(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The bicubic baseline the benchmark compares a model with."""
+    h, w = lr.shape[0] * scale, lr.shape[1] * scale
+    return np.asarray(Image.fromarray(lr).resize((w, h), Image.Resampling.BICUBIC))
+
+
+def crop_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = image.shape[0] - image.shape[0] % multiple, image.shape[1] - image.shape[1] % multiple
+    return image[:h, :w]
+
+
+def pad_to_multiple(chw: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad the last two axes up to a multiple; returns the padded array and the original (H, W)."""
+    h, w = chw.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return chw, (h, w)
+    pad = [(0, 0)] * (chw.ndim - 2) + [(0, ph), (0, pw)]
+    mode = "reflect" if h > ph and w > pw else "edge"
+    return np.pad(chw, pad, mode=mode), (h, w)

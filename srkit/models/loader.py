@@ -1,0 +1,150 @@
+"""Loading weights safely (`weights_only=True`, safetensors) and finding what network they belong to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from srkit._optional import require
+from srkit.errors import InputError, UnsupportedModelError
+from srkit.models import registry, zoo
+from srkit.models.base import ArchSpec, Params
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+# keys under which training frameworks nest the generator's weights (BasicSR prefers the EMA copy)
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "generator", "netG")
+
+
+@dataclass
+class LoadedModel:
+    module: Any  # torch.nn.Module
+    spec: ArchSpec
+    params: Params
+    source: str
+    source_sha256: str
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_state_dict(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(state dict, metadata) from a .safetensors or a torch file, never unpickling code."""
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"checkpoint {path} is empty")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    return _load_torch(path), {}
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    st = require("safetensors.torch", extra="export", purpose="reading .safetensors")
+    safe_open = require("safetensors", extra="export").safe_open
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        return st.load_file(str(path)), meta
+    except Exception as exc:  # safetensors raises its own SafetensorError and OSError variants
+        raise InputError(f"{path} is not a valid .safetensors file: {exc}") from None
+
+
+def _load_torch(path: Path) -> dict[str, Any]:
+    torch = require("torch", extra="export", purpose="reading PyTorch checkpoints")
+    import pickle
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refused a class or a callable: a pickled nn.Module or a file that would run code
+        first = str(exc).splitlines()[0] if str(exc) else "unsupported content"
+        raise InputError(
+            f"{path} holds more than weights (a pickled model or code), and srkit loads checkpoints with "
+            f"weights_only=True; save model.state_dict() instead ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj: Any, path: Path) -> dict[str, Any]:
+    torch = require("torch")
+    for _ in range(3):  # wrappers nest at most a couple of levels in practice
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise UnsupportedModelError(f"{path} holds no state dict (found {type(obj).__name__})")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UnsupportedModelError(f"{path} holds no tensors")
+    return strip_prefix(tensors, "module.")
+
+
+def strip_prefix(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
+    if all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def resolve_arch(
+    sd: dict[str, Any], meta: dict[str, str], *, arch: str | None, scale: int | None, where: str
+) -> tuple[ArchSpec, Params]:
+    """Architecture and hyperparameters: file metadata, then detection; user overrides are checked."""
+    if "srkit.arch" in meta:
+        spec, params = registry.get(meta["srkit.arch"]), json.loads(meta.get("srkit.params", "{}"))
+    else:
+        try:
+            spec, params = registry.detect(sd)
+        except UnsupportedModelError:
+            if arch is None:
+                raise
+            spec, params = registry.get(arch), {}
+    if arch is not None and registry.get(arch).name != spec.name:
+        raise InputError(f"--arch {arch} does not match the weights in {where}, which are {spec.name}")
+    params = {**spec.defaults, **params}
+    if scale is not None:
+        if "scale" in params and params["scale"] != scale:
+            raise InputError(f"--scale {scale} does not match the weights in {where}, which are x{params['scale']}")
+        params["scale"] = scale
+    if "scale" not in params:
+        raise InputError(f"the scale of a {spec.title} cannot be read from its weights; pass --scale N")
+    if params["scale"] not in spec.scales:
+        raise InputError(f"{spec.title} supports scales {spec.scales}, not x{params['scale']}")
+    return spec, params
+
+
+def load_model(source: str, *, arch: str | None = None, scale: int | None = None) -> LoadedModel:
+    """A bundled name or a checkpoint path -> an eval-mode torch module with its description."""
+    if zoo.is_bundled(source):
+        entry = zoo.get(source)
+        path, origin = entry.weights, f"bundled:{source}"
+    else:
+        path, origin = Path(source), str(Path(source).name)
+        if not path.exists():
+            known = ", ".join(zoo.entries()) or "none"
+            raise InputError(f"{source} is neither a file nor a bundled model (bundled: {known})")
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise InputError(f"{path}: unsupported checkpoint type {path.suffix!r}; "
+                             f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    sd, meta = load_state_dict(path)
+    spec, params = resolve_arch(sd, meta, arch=arch, scale=scale, where=str(path))
+    module = spec.build(params)
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise UnsupportedModelError(f"{path}: the weights do not fit {spec.title} {params}: {detail}") from None
+    module.eval()
+    return LoadedModel(module, spec, params, origin, sha256_file(path))

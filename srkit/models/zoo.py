@@ -1,0 +1,68 @@
+"""The bundled models: weights trained by scripts/train_bundled.py, described in weights/zoo.json.
+
+Reading the zoo needs no torch, so `srkit zoo` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from srkit.errors import InputError
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    arch: str
+    scale: int
+    params: dict[str, Any]
+    weights: Path
+    parameters: int
+    origin: str
+    record: dict[str, Any]
+
+    @property
+    def psnr_gain_db(self) -> float | None:
+        return self.record.get("validation", {}).get("gain_db")
+
+
+def weights_dir() -> Path:
+    return Path(str(resources.files("srkit.models").joinpath("weights")))
+
+
+@lru_cache(maxsize=1)
+def entries() -> dict[str, ZooEntry]:
+    path = weights_dir() / "zoo.json"
+    if not path.is_file():
+        return {}
+    raw = json.loads(path.read_text())
+    return {
+        name: ZooEntry(
+            name=name,
+            arch=rec["arch"],
+            scale=int(rec["scale"]),
+            params=dict(rec["params"]),
+            weights=weights_dir() / rec["file"],
+            parameters=int(rec["parameters"]),
+            origin=rec["origin"],
+            record=rec,
+        )
+        for name, rec in raw.items()
+    }
+
+
+def is_bundled(name: str) -> bool:
+    return name in entries()
+
+
+def get(name: str) -> ZooEntry:
+    try:
+        return entries()[name]
+    except KeyError:
+        known = ", ".join(entries()) or "none"
+        raise InputError(f"no bundled model named {name!r}; bundled: {known}") from None

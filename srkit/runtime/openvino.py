@@ -1,0 +1,81 @@
+"""OpenVINO backend. The inference precision is set explicitly and reported: on a CPU with AVX512-BF16/AMX,
+OpenVINO otherwise runs bf16 by default (openvino #19355), which would silently change the numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from srkit._optional import require
+from srkit.errors import BackendUnavailableError, InputError
+from srkit.meta import Precision
+from srkit.runtime.base import Backend
+
+HINTS = {Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16"}
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    title = "OpenVINO"
+    module_name = "openvino"
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        ov = require("openvino", extra="openvino")
+        return [d.lower() for d in ov.Core().available_devices] + ["auto"]
+
+    def _device(self, core: Any) -> str:
+        device = self.options.device.upper()
+        have = list(core.available_devices)
+        if device != "AUTO" and device.split(".")[0] not in {d.split(".")[0] for d in have}:
+            raise BackendUnavailableError(f"OpenVINO has no device {device}; available: {', '.join(have)}")
+        return device
+
+    def _config(self, core: Any, device: str) -> dict[str, Any]:
+        config: dict[str, Any] = {"PERFORMANCE_HINT": self.options.extra.get("performance_hint", "LATENCY")}
+        precision = self.options.precision
+        if self.info.precision == Precision.INT8:
+            # a quantized model carries its own int8 layers; the hint governs the layers left in float
+            precision = Precision.FP32 if precision in (Precision.INT8, Precision.AUTO) else precision
+        if precision == Precision.AUTO:
+            precision = Precision.FP32
+        if precision not in HINTS:
+            raise InputError(f"OpenVINO cannot run an {self.info.precision.value} model at {precision.value}")
+        if device.startswith("CPU") and precision == Precision.FP16:
+            supported = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if "FP16" not in supported:
+                raise InputError(f"this CPU has no fp16 arithmetic (it offers {', '.join(supported)}); try bf16")
+        config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+        if self.options.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.options.threads)
+        if cache := self.options.extra.get("cache_dir"):
+            config["CACHE_DIR"] = str(cache)
+        return config
+
+    def _activate(self) -> None:
+        ov = require("openvino", extra="openvino")
+        core = ov.Core()
+        device = self._device(core)
+        model = core.read_model(str(self.model_path))
+        self.compiled = core.compile_model(model, device, self._config(core, device))
+        self.request = self.compiled.create_infer_request()
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.ran_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint).lower()
+        self.ran_device = device
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    def _close(self) -> None:
+        del self.request, self.compiled
+
+    def describe(self) -> dict[str, Any]:
+        ran = getattr(self, "ran_precision", None)
+        names = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+        precision = names.get(ran, ran) if ran else self.options.precision.value
+        if self.info.precision == Precision.INT8:
+            precision = f"int8+{precision}"
+        return {**super().describe(), "device": getattr(self, "ran_device", self.options.device).lower(),
+                "precision": precision, "inference_precision_hint": ran}

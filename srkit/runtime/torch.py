@@ -1,0 +1,81 @@
+"""The PyTorch reference backend: the source network itself, on CPU or CUDA, fp32/fp16/bf16.
+
+It needs the weights the ONNX model was exported from: a bundled model is found by name; for a checkpoint,
+pass `checkpoint=` (its sha256 must match `srkit.source_sha256`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from srkit._optional import require
+from srkit.errors import BackendUnavailableError, InputError
+from srkit.meta import Precision
+from srkit.runtime.base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    title = "PyTorch (eager)"
+    module_name = "torch"
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        torch = require("torch", extra="export")
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    def _load_module(self) -> Any:
+        from srkit.models.loader import load_model
+
+        source = self.info.source
+        checkpoint = self.options.extra.get("checkpoint")
+        if checkpoint:
+            loaded = load_model(str(checkpoint), arch=self.info.arch, scale=self.info.scale)
+            if self.info.source_sha256 and loaded.source_sha256 != self.info.source_sha256:
+                raise InputError(f"{checkpoint} is not the checkpoint {self.model_path.name} was exported from")
+            return loaded.module
+        if source.startswith("bundled:"):
+            return load_model(source.split(":", 1)[1]).module
+        raise InputError(
+            f"the torch backend needs the PyTorch weights of {self.model_path.name} (exported from {source!r}); "
+            "pass the checkpoint (Upscaler(..., checkpoint=PATH))"
+        )
+
+    def _activate(self) -> None:
+        torch = require("torch", extra="export")
+        device = self.options.device.lower()
+        if device not in self.devices():
+            raise BackendUnavailableError(f"PyTorch has no device {device!r} here; available: {', '.join(self.devices())}")
+        precision = self.options.precision
+        if precision == Precision.AUTO:
+            precision = Precision.FP32
+        dtypes = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+        if precision not in dtypes:
+            raise InputError(f"the torch backend runs fp32, fp16 or bf16, not {precision.value}")
+        if self.options.threads:
+            torch.set_num_threads(int(self.options.threads))
+        self.dtype = dtypes[precision]
+        self.device = torch.device(device)
+        module = self._load_module().to(self.device, self.dtype).eval()
+        if device == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.ran_precision = precision
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        torch = require("torch")
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self.device, self.dtype)
+            if self.device.type == "cuda":
+                t = t.contiguous(memory_format=torch.channels_last)
+            out = self.module(t)
+            return out.float().cpu().numpy()
+
+    def _close(self) -> None:
+        del self.module
+
+    def describe(self) -> dict[str, Any]:
+        ran = getattr(self, "ran_precision", self.options.precision)
+        return {**super().describe(), "precision": ran.value}
