@@ -34,6 +34,15 @@ TRAIN_IMAGES = (
     "astronaut", "camera", "hubble_deep_field", "retina", "immunohistochemistry", "brick",
     "grass", "gravel", "clock", "coins", "text", "cell",
 )
+# CC0 photos from Debian's libjxl-testdata (FIELD-NOTES: "Real images, offline"); fetched with
+# `apt-get download libjxl-testdata` into the training cache the first time a recipe asks for them.
+LIBJXL_PHOTOS = (
+    "jxl/flower/flower.png",
+    "external/wesaturate/500px/cvo9xd_keong_macan_srgb8.png",
+    "external/wesaturate/500px/tmshre_riaphotographs_srgb8.png",
+    "external/wesaturate/500px/u76c0g_bliznaca_srgb8.png",
+)
+TRAIN_CACHE = Path.home() / ".cache" / "srkit" / "train"
 # Natural photos kept out of training; the zoo's PSNR figures are measured on these.
 HELD_OUT_IMAGES = ("chelsea", "coffee", "rocket")
 
@@ -48,14 +57,23 @@ class Recipe:
     lr: float = 1e-3
     batch: int = 32
     patch: int = 32  # low-resolution patch side
+    scale_augment: bool = True  # also train on 0.8x and 0.6x copies of each image
+    skip_flat: bool = True  # mostly skip flat patches
+    torch_init: bool = False  # re-initialise with torch's default instead of the architecture's own
+    extra_photos: bool = False  # add the libjxl-testdata CC0 photos to the training set
+    schedule: str = "onecycle"  # or "cosine": constant lr, cosine decay over the last half
 
 
 RECIPES = {
     "espcn-x3": Recipe("espcn-x3", "espcn", 3, 30000, {}),
+    # the FIELD-NOTES recipe (24x24 patches, batch 64, every patch, torch init) with a cosine tail
+    "espcn-x3-alt": Recipe("espcn-x3-alt", "espcn", 3, 24000, {}, batch=64, patch=24, scale_augment=False,
+                           skip_flat=False, torch_init=True, schedule="cosine"),
+    "espcn-x3-more": Recipe("espcn-x3-more", "espcn", 3, 24000, {}, extra_photos=True),
     "espcn-x2": Recipe("espcn-x2", "espcn", 2, 12000, {}),
-    "espcn-x4": Recipe("espcn-x4", "espcn", 4, 12000, {}),
-    "srcnn-x3": Recipe("srcnn-x3", "srcnn", 3, 6000, {"residual": True}, batch=16, patch=24),
-    "fsrcnn-x3": Recipe("fsrcnn-x3", "fsrcnn", 3, 12000, {}),
+    "espcn-x4": Recipe("espcn-x4", "espcn", 4, 8000, {}),
+    "srcnn-x3": Recipe("srcnn-x3", "srcnn", 3, 2000, {"residual": True}, batch=16, patch=16),
+    "fsrcnn-x3": Recipe("fsrcnn-x3", "fsrcnn", 3, 8000, {}),
 }
 
 
@@ -68,17 +86,36 @@ def load_skimage(name: str) -> np.ndarray:
     return image[..., :3] if image.ndim == 3 else image
 
 
+def libjxl_photos() -> dict[str, np.ndarray]:
+    import subprocess
+
+    root = TRAIN_CACHE / "libjxl-testdata"
+    if not root.is_dir():
+        TRAIN_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", "libjxl-testdata"], cwd=TRAIN_CACHE, check=True)
+        deb = next(TRAIN_CACHE.glob("libjxl-testdata_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(TRAIN_CACHE / "deb")], check=True)
+        (TRAIN_CACHE / "deb" / "usr" / "share" / "libjxl-testdata").rename(root)
+    return {rel: np.asarray(Image.open(root / rel).convert("RGB")) for rel in LIBJXL_PHOTOS}
+
+
 def luma(image_u8: np.ndarray) -> np.ndarray:
     as_float = imaging.to_float(image_u8)
     return imaging.rgb_to_y(as_float) if as_float.ndim == 3 else imaging.gray_to_y(as_float)
 
 
-def training_pairs(scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(LR Y, HR Y) float32 pairs; each image also at 0.8x and 0.6x, a standard SR augmentation."""
+def training_images(extra_photos: bool) -> list[np.ndarray]:
+    images = [load_skimage(name) for name in TRAIN_IMAGES]
+    return images + (list(libjxl_photos().values()) if extra_photos else [])
+
+
+def training_pairs(
+    scale: int, scale_augment: bool = True, extra_photos: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(LR Y, HR Y) float32 pairs; with `scale_augment` each image also at 0.8x and 0.6x."""
     pairs = []
-    for name in TRAIN_IMAGES:
-        hr_full = load_skimage(name)
-        for factor in (1.0, 0.8, 0.6):
+    for hr_full in training_images(extra_photos):
+        for factor in (1.0, 0.8, 0.6) if scale_augment else (1.0,):
             h, w = int(hr_full.shape[0] * factor), int(hr_full.shape[1] * factor)
             hr = np.asarray(Image.fromarray(hr_full).resize((w, h), Image.Resampling.BICUBIC)) if factor < 1 else hr_full
             hr = imaging.crop_to_multiple(hr, scale)
@@ -91,10 +128,13 @@ class PatchSampler:
     """Random aligned LR/HR patches with flips and 90-degree rotations; flat patches are mostly skipped
     because they teach a super-resolution network nothing."""
 
-    def __init__(self, pairs, scale: int, patch: int, seed: int) -> None:
-        self.pairs, self.scale, self.patch = pairs, scale, patch
+    def __init__(self, pairs, scale: int, patch: int, seed: int, skip_flat: bool = True) -> None:
+        self.skip_flat = skip_flat
+        # an image smaller than one patch (text at 0.6x for x4) cannot be sampled
+        self.pairs = [(lr, hr) for lr, hr in pairs if min(lr.shape) >= patch]
+        self.scale, self.patch = scale, patch
         self.rng = np.random.default_rng(seed)
-        self.weights = np.array([lr.size for lr, _ in pairs], dtype=np.float64)
+        self.weights = np.array([lr.size for lr, _ in self.pairs], dtype=np.float64)
         self.weights /= self.weights.sum()
 
     def one(self) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +144,7 @@ class PatchSampler:
             y = self.rng.integers(0, lr.shape[0] - p + 1)
             x = self.rng.integers(0, lr.shape[1] - p + 1)
             hr_patch = hr[y * s : (y + p) * s, x * s : (x + p) * s]
-            if hr_patch.std() > 0.02 or self.rng.random() < 0.1:
+            if not self.skip_flat or hr_patch.std() > 0.02 or self.rng.random() < 0.1:
                 break
         lr_patch = lr[y : y + p, x : x + p]
         k = int(self.rng.integers(4))
@@ -145,14 +185,30 @@ def evaluate(model: torch.nn.Module, scale: int) -> dict:
     return {**mean, "gain_db": round(mean["psnr_y"] - mean["bicubic_psnr_y"], 3), "images": per_image}
 
 
+def make_schedule(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.steps, pct_start=0.05)
+    half = recipe.steps // 2
+
+    def factor(step: int) -> float:  # constant, then a cosine to zero over the second half
+        return 1.0 if step < half else 0.5 * (1 + np.cos(np.pi * (step - half) / (recipe.steps - half)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def train(recipe: Recipe, seed: int, log_every: int) -> dict:
     torch.manual_seed(seed)
     spec = registry.get(recipe.arch)
     params = {**spec.defaults, **recipe.params, "scale": recipe.scale}
     model = spec.build(params)
-    sampler = PatchSampler(training_pairs(recipe.scale), recipe.scale, recipe.patch, seed)
+    if recipe.torch_init:
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                layer.reset_parameters()
+    pairs = training_pairs(recipe.scale, recipe.scale_augment, recipe.extra_photos)
+    sampler = PatchSampler(pairs, recipe.scale, recipe.patch, seed, recipe.skip_flat)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.steps, pct_start=0.05)
+    sched = make_schedule(opt, recipe)
     start = time.time()
     for step in range(1, recipe.steps + 1):
         lr_b, hr_b = sampler.batch(recipe.batch)
@@ -188,14 +244,19 @@ def save(recipe: Recipe, params: dict, model: torch.nn.Module, seed: int, elapse
         "parameters": int(sum(t.numel() for t in tensors.values())),
         "origin": "trained by scripts/train_bundled.py on CC0 images from scikit-image",
         "training": {
-            "images": list(TRAIN_IMAGES),
-            "augment": "0.6/0.8/1.0 rescale, flips, 90-degree rotations, flat patches mostly skipped",
+            "images": list(TRAIN_IMAGES)
+            + ([f"libjxl-testdata 0.0~git20230110.d6168ff-1: {p}" for p in LIBJXL_PHOTOS] if recipe.extra_photos else []),
+            "augment": ", ".join(
+                (["0.6/0.8/1.0 rescale"] if recipe.scale_augment else [])
+                + ["flips, 90-degree rotations"] + (["flat patches mostly skipped"] if recipe.skip_flat else [])
+            ),
+            "init": "torch default" if recipe.torch_init else "architecture's own",
             "lr_kernel": "Pillow bicubic, antialiased",
             "seed": seed,
             "steps": recipe.steps,
             "batch": recipe.batch,
             "lr_patch": recipe.patch,
-            "optimizer": f"Adam, one-cycle lr max {recipe.lr}",
+            "optimizer": f"Adam, {recipe.schedule} lr schedule, max {recipe.lr}",
             "loss": "MSE on Y (BT.601)",
             "wall_s": round(elapsed, 1),
             "threads": torch.get_num_threads(),

@@ -130,3 +130,57 @@ def pad_to_multiple(chw: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[i
     pad = [(0, 0)] * (chw.ndim - 2) + [(0, ph), (0, pw)]
     mode = "reflect" if h > ph and w > pw else "edge"
     return np.pad(chw, pad, mode=mode), (h, w)
+
+
+def pad_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad an HxW or HxWxC array at the bottom/right up to (height, width), by reflection as
+    `pad_to_multiple` does (edge replication where the image is too small to reflect)."""
+    h, w = image.shape[:2]
+    ph, pw = max(height - h, 0), max(width - w, 0)
+    if ph == 0 and pw == 0:
+        return image
+    pad = [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2)
+    mode = "reflect" if h > ph and w > pw else "edge"
+    return np.pad(image, pad, mode=mode)
+
+
+def pad_hw_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """`pad_to_multiple` for an HxW or HxWxC array (same reflection rule, so tiled and untiled agree)."""
+    h, w = image.shape[:2]
+    return pad_hw(image, h + (-h) % multiple, w + (-w) % multiple)
+
+
+def fill_transparent(colour: np.ndarray, alpha: np.ndarray, radius: int) -> np.ndarray:
+    """Replace the colour under fully transparent pixels (alpha == 0) by the mean of the nearby known ones,
+    growing `radius` pixels out from the visible area (game-texture "alpha bleeding").
+
+    The colour stored under alpha == 0 is arbitrary (often black or white); a model or a bicubic kernel
+    would smear it into the visible edge pixels. Straight colour is kept where alpha > 0, so visible pixels
+    never change; pixels further than `radius` from any visible one take the mean visible colour.
+    `colour` is HxWxC float32, `alpha` HxW float32; returns a new array.
+    """
+    known = alpha > 0
+    if known.all() or not known.any():
+        return colour
+    out = colour.copy()
+    out[~known] = 0.0
+    weight = known.astype(np.float32)
+    for _ in range(max(radius, 1)):
+        if weight.all():
+            break
+        summed = _box3(out * weight[..., None])
+        count = _box3(weight)
+        grow = (weight == 0) & (count > 0)
+        out[grow] = summed[grow] / count[grow][:, None]
+        weight = np.where(grow, 1.0, weight).astype(np.float32)
+    rest = weight == 0
+    if rest.any():
+        out[rest] = colour[known].mean(axis=0)
+    return out
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    """Sum over each pixel's 3x3 neighbourhood (zero outside the image)."""
+    p = np.pad(a, [(1, 1), (1, 1)] + [(0, 0)] * (a.ndim - 2))
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]

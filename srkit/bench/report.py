@@ -1,67 +1,192 @@
-"""Report rendering: a Markdown table and a one-screen terminal summary with a recommendation."""
+"""Report rendering: a Markdown table a README can include, and a one-screen terminal summary with the
+recommended backend and precision for this machine."""
 
 from __future__ import annotations
 
 from typing import Any
+
+PARITY_GATES_DB = {"float": 40.0, "int8": 35.0}  # the defaults; a report carries the gates it was run with
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain-text table (left-aligned columns, a dashed rule under the header); the CLI shares it."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+# (header, key, format); "p50"/"p95" live under latency_ms
 COLUMNS = [
-    ("backend", "backend", "s"), ("device", "device", "s"), ("precision", "precision", "s"),
-    ("fps", "fps", ".1f"), ("p50 ms", "p50", ".2f"), ("e2e fps", "e2e_fps", ".1f"),
-    ("compile s", "compile_s", ".2f"), ("PSNR-Y", "psnr_y", ".2f"), ("SSIM-Y", "ssim_y", ".4f"),
-    ("bicubic", "bicubic_psnr_y", ".2f"), ("parity dB", "parity_psnr_db", ".1f"),
-    ("max abs", "parity_max_abs", ".1e"), ("peak RSS MB", "peak_rss_mb", ".0f"),
+    ("backend", "backend", "s"),
+    ("device", "device", "s"),
+    ("precision", "precision", "s"),
+    ("fps", "fps", ".1f"),
+    ("p50 ms", "p50", ".1f"),
+    ("p95 ms", "p95", ".1f"),
+    ("e2e fps", "e2e_fps", ".1f"),
+    ("compile s", "compile_s", ".2f"),
+    ("GFLOP/s", "achieved_gflops", ".0f"),
+    ("peak", "peak_gflops", ".0f"),
+    ("% peak", "pct_of_peak", ".0f"),
+    ("PSNR-Y", "psnr_y", ".2f"),
+    ("SSIM-Y", "ssim_y", ".4f"),
+    ("bicubic", "bicubic_psnr_y", ".2f"),
+    ("parity dB", "parity_psnr_db", ".1f"),
+    ("max abs", "parity_max_abs", ".1e"),
+    ("NaN", "nan_count", "d"),
+    ("peak RSS MB", "peak_rss_mb", ".0f"),
 ]
+# the terminal summary keeps to one screen: no SSIM, no bicubic column (it is printed once below)
+SUMMARY_DROP = {"ssim_y", "bicubic_psnr_y", "p95", "peak_gflops"}
 
 
-def _cells(result: dict[str, Any]) -> list[str]:
-    cells = []
-    for _, key, spec in COLUMNS:
-        value = result.get("latency_ms", {}).get("p50") if key == "p50" else result.get(key)
-        cells.append(str(value) if spec == "s" else _fmt(value, spec))
-    return cells
+def _value(result: dict[str, Any], key: str) -> Any:
+    if key in ("p50", "p95"):
+        return result.get("latency_ms", {}).get(key)
+    return result.get(key)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    m, s = report["model"], report["settings"]
-    lines = [
-        f"Model `{m['arch']}` x{m['scale']} ({m['color']}), input {s['input_size'][0]}x{s['input_size'][1]} -> "
-        f"output {s['output_size'][0]}x{s['output_size'][1]}; machine: {report['machine']['cpu']}, "
-        f"{report['machine']['cores']} cores.",
-        "",
-        "| " + " | ".join(c[0] for c in COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+def _cell(result: dict[str, Any], key: str, spec: str) -> str:
+    value = _value(result, key)
+    if key == "parity_psnr_db" and value is None and result.get("detail", {}).get("parity_identical"):
+        return "identical"
+    return str(value) if spec == "s" else _fmt(value, spec)
+
+
+def _cells(result: dict[str, Any], columns: list[tuple[str, str, str]] = COLUMNS) -> list[str]:
+    return [_cell(result, key, spec) for _, key, spec in columns]
+
+
+def gate_for(report: dict[str, Any], precision: str) -> float:
+    gates = report.get("settings", {}).get("parity_gates_db", PARITY_GATES_DB)
+    return float(gates["int8" if precision.startswith("int8") else "float"])
+
+
+def passes_gate(report: dict[str, Any], result: dict[str, Any]) -> bool:
+    if result.get("nan_count", 0):
+        return False
+    parity = result.get("parity_psnr_db")
+    if parity is not None:
+        return bool(parity >= gate_for(report, result["precision"]))
+    # null parity: bit-exact output, or no PyTorch reference to compare with (then speed alone decides)
+    no_reference = not report.get("settings", {}).get("reference", "").startswith("PyTorch")
+    return bool(result.get("detail", {}).get("parity_identical")) or no_reference
+
+
+def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The fastest deployable result (not the PyTorch reference) that passes its parity gate with no NaN."""
+    ok = [
+        r
+        for r in report["results"]
+        if not r.get("error") and r.get("fps") and r["backend"] != "torch" and passes_gate(report, r)
     ]
-    for r in report["results"]:
-        if r.get("error"):
-            lines.append(f"| {r['backend']} | {r['device']} | {r['precision']} | skipped: {r['error']} |")
-        else:
-            lines.append("| " + " | ".join(_cells(r)) + " |")
-    lines += ["", f"fps: model call after warm-up; e2e: uint8 image in and out through `Upscaler.upscale`. "
-              f"Quality on {s['dataset']}; LR by {s['resize_kernel']}. Parity against {s['reference']}."]
-    return "\n".join(lines) + "\n"
-
-
-def recommend(report: dict[str, Any], min_parity_db: float = 40.0) -> dict[str, Any] | None:
-    ok = [r for r in report["results"] if not r.get("error") and r.get("fps") and r["backend"] != "torch"
-          and (r.get("parity_psnr_db") is None or r["parity_psnr_db"] >= min_parity_db) and r["nan_count"] == 0]
     return max(ok, key=lambda r: r["fps"]) if ok else None
 
 
-def render_summary(report: dict[str, Any]) -> str:
-    from srkit.cli.commands import table  # plain-text table shared with the other commands
+def torch_baseline(report: dict[str, Any]) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in report["results"]
+            if r["backend"] == "torch"
+            and r.get("fps")
+            and r["precision"] == "fp32"
+            and r.get("device", "cpu") == "cpu"
+        ),
+        None,
+    )
 
-    rows = [_cells(r) if not r.get("error") else [r["backend"], r["device"], r["precision"], "skipped: " + r["error"]]
-            + [""] * (len(COLUMNS) - 4) for r in report["results"]]
-    text = table(rows, [c[0] for c in COLUMNS])
+
+def describe_setup(report: dict[str, Any]) -> str:
+    m, s, mach = report["model"], report["settings"], report["machine"]
+    # the 1-minute load average at the start and the end: on a shared machine it says how far to trust fps
+    start, end = (mach.get("load_avg") or [None])[0], (mach.get("load_avg_end") or [None])[0]
+    load = f", load average {start} at the start" if start is not None else ""
+    load += f", {end} at the end" if end is not None else ""
+    return (
+        f"Model `{m['arch']}` x{m['scale']} ({m['color'].upper()}), input {s['input_size'][0]}x"
+        f"{s['input_size'][1]} -> output {s['output_size'][0]}x{s['output_size'][1]}; "
+        f"machine: {mach['cpu']}, {mach['cores']} cores{load}."
+    )
+
+
+NOTES = [
+    "**fps**, **p50/p95**: the model call alone (NCHW float32 in and out) after warm-up at this shape; "
+    "**e2e fps**: a uint8 RGB image in and out through `Upscaler.upscale` (colour conversion and padding "
+    "included).",
+    "**compile s**: session / compiled-model build time, not in any fps.",
+    "**GFLOP/s**: FLOPs counted from the ONNX graph at this input size x fps; **peak**: the best GFLOP/s "
+    "of a large Conv / MatMul on the same backend at the same precision, measured in the same process "
+    "just after; **% peak** = GFLOP/s / peak.",
+    "**parity dB / max abs**: against PyTorch fp32 on the same input (identical = bit-exact).",
+    "**peak RSS MB**: the peak resident memory of a fresh process that loaded only this backend and ran only "
+    "this row (Python, numpy and the backend's libraries included), not a delta.",
+]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        describe_setup(report),
+        "",
+        "| " + " | ".join(c[0] for c in COLUMNS) + " |",
+        "|" + "|".join("---" if c[2] == "s" else "---:" for c in COLUMNS) + "|",
+    ]
+    for r in report["results"]:
+        if r.get("error"):
+            lines.append(
+                f"| {r['backend']} | {r['device']} | {r['precision']} | skipped: {r['error']} |"
+                + " |" * (len(COLUMNS) - 4)
+            )
+        else:
+            lines.append("| " + " | ".join(_cells(r)) + " |")
+    lines += [
+        "",
+        *(f"- {n}" for n in NOTES),
+        f"- Quality: PSNR-Y / SSIM-Y on {s['dataset']}; LR by {s['resize_kernel']}. "
+        f"Parity reference: {s['reference']}.",
+    ]
+    if best := recommend(report):
+        lines += [
+            "",
+            f"Recommended here: **{best['backend']} {best['precision']}** ({_ratio_text(report, best)}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_text(report: dict[str, Any], best: dict[str, Any]) -> str:
+    text = f"{best['fps']:.1f} fps model call, {best['e2e_fps']:.1f} fps end to end"
+    base = torch_baseline(report)
+    if base:
+        text += f", {best['fps'] / base['fps']:.1f}x PyTorch eager fp32"
+    return text
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    columns = [c for c in COLUMNS if c[1] not in SUMMARY_DROP]
+    rows = [
+        _cells(r, columns)
+        if not r.get("error")
+        else [r["backend"], r["device"], r["precision"], "skipped: " + r["error"][:80]]
+        + [""] * (len(columns) - 4)
+        for r in report["results"]
+    ]
+    text = describe_setup(report).replace("`", "") + "\n\n" + table(rows, [c[0] for c in columns])
+    bicubic = next(
+        (r["bicubic_psnr_y"] for r in report["results"] if r.get("bicubic_psnr_y") is not None), None
+    )
+    if bicubic is not None:
+        text += f"\n\nbicubic PSNR-Y on the same images: {bicubic:.2f} dB"
     best = recommend(report)
-    torch = next((r for r in report["results"] if r["backend"] == "torch" and r.get("fps")), None)
     if best:
-        ratio = f", {best['fps'] / torch['fps']:.1f}x PyTorch eager" if torch else ""
-        text += (f"\n\nrecommended here: {best['backend']} {best['precision']} "
-                 f"({best['fps']:.1f} fps model call{ratio})")
+        text += f"\nrecommended here: {best['backend']} {best['precision']} ({_ratio_text(report, best)})"
+    else:
+        text += "\nno deployable result passed its parity gate"
     return text

@@ -1,11 +1,20 @@
-"""`srkit bench`: speed, memory and quality of one model per backend and precision (CONTRACT report schema)."""
+"""`srkit bench`: speed, memory and quality of one model per backend and precision (CONTRACT report schema).
+
+Each backend x precision ("variant") runs in its own fresh process (multiprocessing spawn), so its
+`peak_rss_mb` is the peak resident memory of a process that loaded only that backend and ran only that
+variant, not the cumulative high-water mark of everything benchmarked before it. The parent computes the
+PyTorch fp32 reference once (also in its own process) and hands it to every variant for the parity numbers.
+"""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import platform
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,22 +24,46 @@ import numpy as np
 from srkit import __version__, imaging
 from srkit.bench import metrics
 from srkit.bench.dataset import RESIZE_KERNEL, Pair, load_pairs
-from srkit.bench.timing import measure, peak_rss_mb
-from srkit.errors import BackendUnavailableError, SrkitError
-from srkit.meta import ModelInfo, read_model_info
+from srkit.bench.timing import measure, peak_rss_mb, rss_now_mb
+from srkit.errors import BackendUnavailableError, InputError, SrkitError
+from srkit.meta import ModelInfo, Precision, read_model_info
 from srkit.runtime import Upscaler, registry
+
+# parity gates the recommendation and the bench suite apply (dB against PyTorch fp32)
+PARITY_GATE_DB = {"float": 40.0, "int8": 35.0}
 
 
 @dataclass
 class BenchConfig:
     model: Path
     backends: list[str]
-    precision: str = "fp32"
+    precision: str = "fp32"  # or "all": every precision each backend can run this model at
     input_size: tuple[int, int] = (640, 360)  # W, H of the low-resolution input
     dataset: Path | None = None
     threads: int | None = None
     min_time_s: float = 2.0
     quality: bool = True
+    int8_model: Path | None = None  # a quantized sibling of `model`; found beside it when not given
+    isolate: bool = True  # one spawned process per variant (honest per-variant peak RSS)
+    roofline: bool = True  # measure the peak per backend/precision and report % of it
+    peak_min_time_s: float = 0.5
+    devices: list[str] | None = None  # None: every device each backend has here
+    checkpoint: Path | None = None  # PyTorch weights of a model not bundled with srkit (torch rows, parity)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the report: a backend on a device at a precision, running one model file."""
+
+    backend: str
+    device: str
+    precision: str
+    model: Path
+
+    @property
+    def label(self) -> str:
+        device = "" if self.device == "cpu" else f"/{self.device}"
+        return f"{self.backend}{device} {self.precision}"
 
 
 @dataclass
@@ -42,6 +75,7 @@ class BenchResult:
     fps: float | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     e2e_fps: float | None = None
+    e2e_latency_ms: dict[str, float] = field(default_factory=dict)
     compile_s: float | None = None
     peak_rss_mb: float | None = None
     psnr_y: float | None = None
@@ -50,6 +84,11 @@ class BenchResult:
     parity_psnr_db: float | None = None
     parity_max_abs: float | None = None
     nan_count: int = 0
+    gflops: float | None = None  # GFLOP per model call, counted from the ONNX graph
+    achieved_gflops: float | None = None
+    peak_gflops: float | None = None  # measured in the same process on the same backend and precision
+    pct_of_peak: float | None = None
+    model_file: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -63,17 +102,23 @@ def size_for_output(info: ModelInfo, preset: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in preset.lower().split("x"))
     except ValueError:
-        raise SrkitError(f"--size must be 720p, 1080p, 4k or WxH, not {preset!r}") from None
+        raise InputError(f"--size must be 720p, 1080p, 4k or WxH, not {preset!r}") from None
     if w <= 0 or h <= 0:
-        raise SrkitError(f"--size {preset} must be positive")
+        raise InputError(f"--size {preset} must be positive")
     return w, h
 
 
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor()
+    flags: list[str] = []
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+            lines = fh.read().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+        have = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+        flags = [
+            f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in have
+        ]
     except OSError:
         pass
     versions = {}
@@ -82,8 +127,20 @@ def machine_info() -> dict[str, Any]:
             versions[module] = __import__(module).__version__
         except Exception:
             continue
-    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
-            "srkit": __version__, "versions": versions}
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = []
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_flags": flags,
+        "load_avg": load,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "srkit": __version__,
+        "versions": versions,
+    }
 
 
 def benchmark_input(info: ModelInfo, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,85 +155,328 @@ def benchmark_input(info: ModelInfo, size: tuple[int, int]) -> tuple[np.ndarray,
     return rgb, np.ascontiguousarray(planes.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-class Reference:
-    """PyTorch fp32 outputs for parity, computed once per input."""
-
-    def __init__(self, model: Path, threads: int | None) -> None:
-        self.upscaler: Upscaler | None = None
-        self.error: str | None = None
-        try:
-            self.upscaler = Upscaler(model, backend="torch", precision="fp32", threads=threads)
-            self.upscaler.backend.activate()
-        except SrkitError as exc:
-            self.error = str(exc)
-        self._cache: dict[int, np.ndarray] = {}
-
-    def output(self, x: np.ndarray) -> np.ndarray | None:
-        if self.upscaler is None:
-            return None
-        key = id(x)
-        if key not in self._cache:
-            self._cache[key] = self.upscaler.run_model(x)
-        return self._cache[key]
+# ---- which variants ------------------------------------------------------------------------------
+def resolve_backends(choice: str) -> list[str]:
+    if choice == "all":
+        return registry.available()
+    return [registry.ALIASES.get(choice, choice)]
 
 
+def find_int8_model(model: Path, backend: str | None = None) -> Path | None:
+    """A quantized sibling of an fp32 model: `srkit quantize` writes STEM-int8-BACKEND.onnx (one per backend,
+    each calibrated for it); STEM-int8.onnx serves every backend."""
+    stem = model.stem
+    names = ([f"{stem}-int8-{backend}.onnx"] if backend else []) + [f"{stem}-int8.onnx", f"{stem}_int8.onnx"]
+    for name in names:
+        candidate = model.with_name(name)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def backend_devices(backend: str) -> list[str]:
+    """The compute devices worth benchmarking (`auto` and TensorRT-through-ORT are left to explicit runs)."""
+    try:
+        have = registry.backend_class(backend).devices()
+    except SrkitError:
+        return []
+    if backend == "openvino":
+        return [d for d in have if d.split(".")[0] in ("cpu", "gpu")]
+    if backend == "ort":
+        return [d for d in have if d in ("cpu", "cuda")]
+    return have
+
+
+def cpu_capabilities() -> set[str]:
+    """OpenVINO's view of the CPU's arithmetic (BF16 / FP16 / INT8), empty when OpenVINO is absent."""
+    try:
+        from srkit._optional import require
+
+        ov = require("openvino", extra="openvino")
+        return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # OpenVINO missing or no CPU plugin: the float precisions stay fp32-only
+        return set()
+
+
+def precisions_for(
+    backend: str, device: str, info: ModelInfo, int8: Path | None, caps: set[str]
+) -> list[tuple[str, Path | None]]:
+    """(precision, model file: None = the fp32 model) pairs this backend can run on this device."""
+    stored = info.precision.value
+    out: list[tuple[str, Path | None]] = []
+    if backend == "openvino":
+        out.append(("fp32", None))
+        if device == "cpu":
+            out += [(p, None) for p, cap in (("bf16", "BF16"), ("fp16", "FP16")) if cap in caps]
+        else:
+            out.append(("fp16", None))
+        if int8:
+            out.append(("int8", int8))
+            if device == "cpu" and "BF16" in caps:
+                out.append(("bf16", int8))  # int8 layers, the rest in bf16: reported as int8+bf16
+    elif backend == "torch":
+        out.append(("fp32", None))
+        out.append(("fp16" if device == "cuda" else "bf16", None))
+    else:  # ort, trt: they run the precision stored in the model file
+        out.append((stored, None))
+        if int8:
+            out.append(("int8", int8))
+    return out
+
+
+def plan_variants(config: BenchConfig, info: ModelInfo) -> list[Variant]:
+    if config.int8_model is not None and not Path(config.int8_model).is_file():
+        raise InputError(f"--int8-model {config.int8_model} not found")
+    want_all = config.precision.lower() == "all"
+    caps = cpu_capabilities() if want_all else set()
+    variants: list[Variant] = []
+    for backend in config.backends:
+        int8 = Path(config.int8_model) if config.int8_model else find_int8_model(config.model, backend)
+        devices = config.devices or backend_devices(backend) or ["cpu"]
+        for device in devices:
+            if not want_all:
+                wanted = config.precision.lower()
+                use_int8 = wanted == "int8" and int8 is not None and info.precision != Precision.INT8
+                variants.append(Variant(backend, device, wanted, int8 if use_int8 and int8 else config.model))
+                continue
+            for precision, model in precisions_for(backend, device, info, int8, caps):
+                variants.append(Variant(backend, device, precision, model or config.model))
+    return variants
+
+
+# ---- the reference -------------------------------------------------------------------------------
+def reference_output(
+    model: Path, x: np.ndarray, threads: int | None, checkpoint: Path | None = None
+) -> tuple[np.ndarray | None, str | None]:
+    """PyTorch fp32 output on x, or (None, why not)."""
+    extra = {"checkpoint": checkpoint} if checkpoint else {}
+    try:
+        with Upscaler(model, backend="torch", precision="fp32", threads=threads, **extra) as up:
+            return up.run_model(x), None
+    except SrkitError as exc:
+        return None, str(exc)
+
+
+def _in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn(*args) in a new spawned interpreter (no memory or threads inherited from this one)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+# ---- the run -------------------------------------------------------------------------------------
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     info = read_model_info(config.model)
     size = config.input_size
     rgb, x = benchmark_input(info, size)
     pairs = load_pairs(info.scale, config.dataset) if config.quality else []
-    reference = Reference(config.model, config.threads)
+    variants = plan_variants(config, info)
+    machine = machine_info()  # the load average as the run starts; the end's is added below
+    if progress:
+        progress("torch fp32 reference")
+    if config.isolate:
+        try:
+            ref, ref_error = _in_fresh_process(
+                reference_output, config.model, x, config.threads, config.checkpoint
+            )
+        except BrokenProcessPool:
+            ref, ref_error = None, "the PyTorch process died (crash or out of memory)"
+    else:
+        ref, ref_error = reference_output(config.model, x, config.threads, config.checkpoint)
     results = []
-    for name in config.backends:
+    for variant in variants:
         if progress:
-            progress(name)
-        results.append(asdict(bench_one(name, config, info, rgb, x, pairs, reference)))
+            progress(variant.label)
+        if config.isolate:
+            try:
+                result = _in_fresh_process(bench_variant, variant, config, rgb, x, pairs, ref)
+            except BrokenProcessPool:  # the backend crashed its process (or ran out of memory)
+                result = asdict(
+                    BenchResult(
+                        variant.backend,
+                        variant.device,
+                        variant.precision,
+                        list(size),
+                        error="the benchmark process died (crash or out of memory)",
+                    )
+                )
+        else:
+            result = bench_variant(variant, config, rgb, x, pairs, ref)
+        results.append(result)
+    padded_hw = imaging.pad_to_multiple(x, info.size_multiple)[0].shape[2:]
     return {
         "model": {**info.to_json(), "path": str(config.model)},
-        "machine": machine_info(),
-        "settings": {"precision": config.precision, "input_size": list(size),
-                     "output_size": [size[0] * info.scale, size[1] * info.scale], "threads": config.threads,
-                     "resize_kernel": RESIZE_KERNEL, "min_time_s": config.min_time_s,
-                     "dataset": str(config.dataset) if config.dataset else "built-in CC0 photos: "
-                     + ", ".join(p.name for p in pairs),
-                     "reference": "PyTorch fp32" if reference.upscaler else f"unavailable: {reference.error}"},
+        "machine": {**machine, "load_avg_end": machine_info()["load_avg"]},
+        "settings": {
+            "precision": config.precision,
+            "input_size": list(size),
+            "padded_input_hw": list(padded_hw),
+            "output_size": [size[0] * info.scale, size[1] * info.scale],
+            "threads": config.threads,
+            "resize_kernel": RESIZE_KERNEL,
+            "min_time_s": config.min_time_s,
+            "isolated_processes": config.isolate,
+            "int8_models": sorted({str(v.model) for v in variants if v.model != config.model}),
+            "dataset": str(config.dataset)
+            if config.dataset
+            else "built-in CC0 photos: " + ", ".join(p.name for p in pairs),
+            "reference": "PyTorch fp32" if ref is not None else f"unavailable: {ref_error}",
+            "parity_gates_db": PARITY_GATE_DB,
+        },
         "results": results,
     }
 
 
-def bench_one(name: str, config: BenchConfig, info: ModelInfo, rgb: np.ndarray, x: np.ndarray,
-              pairs: list[Pair], reference: Reference) -> BenchResult:
-    result = BenchResult(backend=name, device="cpu", precision=config.precision, input_size=list(config.input_size))
+def bench_variant(
+    variant: Variant,
+    config: BenchConfig,
+    rgb: np.ndarray,
+    x: np.ndarray,
+    pairs: list[Pair],
+    ref: np.ndarray | None,
+) -> dict[str, Any]:
+    """One report row as a JSON-ready dict (module level so a spawned process can run it)."""
+    info = read_model_info(variant.model)
+    result = BenchResult(
+        backend=variant.backend,
+        device=variant.device,
+        precision=variant.precision,
+        input_size=list(config.input_size),
+        model_file=str(variant.model),
+    )
+    rss_before = rss_now_mb()
     try:
-        up = Upscaler(config.model, backend=name, precision=config.precision, threads=config.threads)
+        up = Upscaler(
+            variant.model,
+            backend=variant.backend,
+            device=variant.device,
+            precision=variant.precision,
+            threads=config.threads,
+            **({"checkpoint": config.checkpoint} if variant.backend == "torch" and config.checkpoint else {}),
+        )
         up.backend.activate()
     except (SrkitError, RuntimeError) as exc:
         result.error = " ".join(str(exc).split())[:300]
-        return result
+        return asdict(result)
     try:
-        described = up.describe()
-        result.device, result.precision = described.get("device", "cpu"), described.get("precision", result.precision)
-        result.detail = described
-        result.compile_s = round(up.backend.compile_s or 0.0, 3)
-        out = up.run_model(x)
-        result.nan_count = int((~np.isfinite(out)).sum())
-        ref = reference.output(x)
-        if ref is not None:
-            p, m = metrics.parity(out, ref)
-            result.parity_psnr_db = None if math.isinf(p) else round(p, 2)
-            result.parity_max_abs = m if math.isinf(m) else float(f"{m:.3g}")
-        call = measure(lambda: up.run_model(x), min_time_s=config.min_time_s)
-        result.fps, result.latency_ms = round(call.fps, 2), {"p50": round(call.p50, 3), "p95": round(call.p95, 3)}
-        e2e = measure(lambda: up.upscale(rgb), min_time_s=config.min_time_s, min_calls=5)
-        result.e2e_fps = round(e2e.fps, 2)
-        if pairs:
-            quality(up, pairs, info.scale, result)
+        run(up, result, config, rgb, x, pairs, ref)
+        if config.roofline:
+            add_roofline(result, variant, info, x, config)
         result.peak_rss_mb = round(peak_rss_mb(), 1)
-    except BackendUnavailableError as exc:
-        result.error = str(exc)
+        result.detail["rss_before_backend_mb"] = round(rss_before, 1)
+    except (BackendUnavailableError, InputError, RuntimeError) as exc:
+        result.error = " ".join(str(exc).split())[:300]
     finally:
         up.close()
-    return result
+    return asdict(result)
+
+
+def run(
+    up: Upscaler,
+    result: BenchResult,
+    config: BenchConfig,
+    rgb: np.ndarray,
+    x: np.ndarray,
+    pairs: list[Pair],
+    ref: np.ndarray | None,
+) -> None:
+    described = up.describe()
+    result.device, result.precision = (
+        described.get("device", result.device),
+        described.get("precision", result.precision),
+    )
+    result.detail = dict(described)
+    result.compile_s = round(up.backend.compile_s or 0.0, 3)
+    out = up.run_model(x)  # also the first warm-up call at this shape
+    result.nan_count = int((~np.isfinite(out)).sum())
+    if ref is not None:
+        p, m = metrics.parity(out, ref)
+        # identical outputs (PSNR +inf) and non-finite ones (-inf, counted in nan_count) both become null,
+        # which strict JSON can hold; parity_identical tells the two apart
+        result.parity_psnr_db = None if math.isinf(p) else round(p, 2)
+        result.parity_max_abs = None if math.isinf(m) else float(f"{m:.3g}")
+        result.detail["parity_identical"] = m == 0.0
+    call, how = model_call(up, x)
+    result.detail["timing"] = how
+    timed = measure(call, min_time_s=config.min_time_s)
+    result.fps = round(timed.fps, 2)
+    result.latency_ms = {"p50": round(timed.p50, 3), "p95": round(timed.p95, 3)}
+    result.detail["calls"] = len(timed.samples_ms)
+    e2e = measure(lambda: up.upscale(rgb), warmup=1, min_time_s=config.min_time_s, min_calls=5)
+    result.e2e_fps = round(e2e.fps, 2)
+    result.e2e_latency_ms = {"p50": round(e2e.p50, 3), "p95": round(e2e.p95, 3)}
+    if pairs:
+        quality(up, pairs, up.info.scale, result)
+
+
+def model_call(up: Upscaler, x: np.ndarray) -> tuple[Callable[[], object], str]:
+    """The timed model call. On a GPU the input and output stay on the device (ORT IO binding, a torch
+    tensor) and the device is synchronised, so neither host copies nor queued work distort the numbers."""
+    padded, _ = imaging.pad_to_multiple(x, up.info.size_multiple)
+    padded = np.ascontiguousarray(padded, dtype=np.float32)
+    backend = up.backend
+    if backend.name == "ort" and getattr(backend, "provider", "") == "CUDAExecutionProvider":
+        from srkit._optional import require
+
+        ort = require("onnxruntime", extra="ort")
+        session = backend.session  # type: ignore[attr-defined]
+        x_dev = ort.OrtValue.ortvalue_from_numpy(padded, "cuda", 0)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(backend.input_name, x_dev)  # type: ignore[attr-defined]
+        binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
+
+        def bound() -> None:
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return bound, "ORT IO binding, input and output on the GPU, synchronised"
+    if (
+        backend.name == "torch"
+        and getattr(backend, "device", None) is not None
+        and backend.device.type == "cuda"
+    ):
+        from srkit._optional import require
+
+        torch = require("torch", extra="export")
+        t = torch.from_numpy(padded).to(backend.device, backend.dtype)  # type: ignore[attr-defined]
+
+        def on_device() -> None:
+            with torch.inference_mode():
+                backend.module(t)  # type: ignore[attr-defined]
+            torch.cuda.synchronize()
+
+        return on_device, "torch tensor on the GPU, torch.cuda.synchronize() after each call"
+    return (lambda: up.run_model(x)), "host arrays in and out (Upscaler.run_model)"
+
+
+def add_roofline(
+    result: BenchResult, variant: Variant, info: ModelInfo, x: np.ndarray, config: BenchConfig
+) -> None:
+    from srkit.bench.roofline import count_flops, measure_peak, roofline
+
+    hw = imaging.pad_to_multiple(x, info.size_multiple)[0].shape[2:]
+    count = count_flops(variant.model, (int(hw[0]), int(hw[1])))
+    precision = result.precision if variant.backend == "openvino" else variant.precision
+    try:
+        peak = measure_peak(
+            variant.backend,
+            precision,
+            device=variant.device,
+            threads=config.threads,
+            min_time_s=config.peak_min_time_s,
+        )
+    except (SrkitError, RuntimeError) as exc:  # e.g. no probe for this backend: the count still stands
+        peak = None
+        result.detail["peak_error"] = " ".join(str(exc).split())[:200]
+    for key, value in roofline(count.total, result.fps, peak).items():
+        setattr(result, key, value)
+    result.detail["flops"] = {
+        "conv_gflops": round(count.conv / 1e9, 3),
+        "minor_gflops": round(count.minor / 1e9, 3),
+        "uncounted_nodes": count.unknown[:10],
+    }
+    if peak:
+        result.detail["peak"] = peak.to_json()
 
 
 def quality(up: Upscaler, pairs: list[Pair], scale: int, result: BenchResult) -> None:
@@ -191,7 +491,6 @@ def quality(up: Upscaler, pairs: list[Pair], scale: int, result: BenchResult) ->
     result.bicubic_psnr_y = round(float(np.mean(bicubic)), 3)
 
 
-def resolve_backends(choice: str) -> list[str]:
-    if choice == "all":
-        return registry.available()
-    return [choice]
+def parity_gate_db(precision: str) -> float:
+    """The parity a result must reach to count: int8 (and int8+float) is judged by the int8 gate."""
+    return PARITY_GATE_DB["int8" if precision.startswith("int8") else "float"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -29,8 +30,14 @@ class Timing:
         return 1000.0 / float(np.mean(self.samples_ms))
 
 
-def measure(fn: Callable[[], object], *, warmup: int = 3, min_time_s: float = 2.0, min_calls: int = 10,
-            max_calls: int = 1000) -> Timing:
+def measure(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 3,
+    min_time_s: float = 2.0,
+    min_calls: int = 10,
+    max_calls: int = 1000,
+) -> Timing:
     for _ in range(warmup):
         fn()
     samples: list[float] = []
@@ -43,6 +50,19 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, min_time_s: float = 2.
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS).
+
+    Process-wide and never decreasing: the bench runs each backend in its own process so that this is the peak
+    of that backend alone (interpreter, numpy and the backend's libraries included; see rss_now_mb)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def rss_now_mb() -> float:
+    """Current resident set size (Linux /proc; elsewhere the peak so far, the closest portable figure)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,15 +15,21 @@ from srkit.cli._models import resolve_onnx
 from srkit.cli._progress import progress
 from srkit.errors import InputError, SrkitError
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from srkit.imageio import ImageFile
+    from srkit.runtime import Upscaler
+
 
 def echo(text: str = "") -> None:
     click.echo(text)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    from srkit.bench.report import table as plain_table
+
+    return plain_table(rows, header)
 
 
 # ---- zoo -------------------------------------------------------------------------------------------
@@ -46,16 +52,23 @@ def zoo(as_json: bool) -> None:
 
 # ---- export ----------------------------------------------------------------------------------------
 def export(source: str, output: str | None, *, arch: str | None, scale: int | None, opset: int,
-           static: tuple[int, int] | None, verify: bool) -> None:
+           static: tuple[int, int] | None, verify: bool, fp16: bool = False, fp16_io: bool = False) -> None:
     from srkit.export import ExportOptions, export_model
 
-    options = ExportOptions(opset=opset, static=static, verify=verify)
+    options = ExportOptions(opset=opset, static=static, verify=verify, fp16=fp16, fp16_io=fp16_io)
     with progress(None, f"exporting {source}"):
         result = export_model(source, output, arch=arch, scale=scale, options=options)
     info = result.info
     echo(f"wrote {result.path}  ({info.arch} x{info.scale}, {info.color.value.upper()}, opset {info.opset}, "
          f"{'static ' + 'x'.join(map(str, static)) if static else 'dynamic batch/height/width'})")
     echo("graph: " + ", ".join(f"{op} x{n}" for op, n in sorted(result.nodes.items())))
+    if result.checks:
+        echo("checks: " + ", ".join(f"{name} {verdict}" for name, verdict in result.checks.items()))
+    if "fp32_nodes" in info.extra:
+        kept = json.loads(info.extra["fp32_nodes"])
+        io = "fp16" if fp16_io else "fp32"
+        echo(f"precision: fp16 ({io} inputs/outputs), {len(kept)} node(s) kept fp32 for range"
+             + (f": {', '.join(kept[:6])}{' ...' if len(kept) > 6 else ''}" if kept else ""))
     if result.parity:
         p = result.parity
         psnr = "inf" if p.psnr_db == float("inf") else f"{p.psnr_db:.1f} dB"
@@ -81,10 +94,17 @@ def info(model: str, as_json: bool) -> None:
 
 
 # ---- upscale ---------------------------------------------------------------------------------------
-def plan_outputs(inputs: list[str], output: str | None, scale: int) -> list[tuple[Path, Path]]:
-    """(input file, output file) pairs. One file in: -o is a file (or an existing folder); else a folder."""
+FORMAT_SUFFIX = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
+
+
+def plan_outputs(
+    inputs: list[str], output: str | None, scale: int, out_format: str | None = None
+) -> list[tuple[Path, Path]]:
+    """(input file, output file) pairs. One file in: -o is a file (or an existing folder); else a folder
+    that mirrors the input tree. `out_format` changes the suffix of outputs that are not named by -o."""
     from srkit.imageio import is_image_path
 
+    suffix = FORMAT_SUFFIX[out_format.lower()] if out_format else None
     sources: list[tuple[Path, Path]] = []  # (file, path relative to the output root)
     for raw in inputs:
         path = Path(raw)
@@ -105,76 +125,222 @@ def plan_outputs(inputs: list[str], output: str | None, scale: int) -> list[tupl
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
     if single and (output is None or not Path(output).is_dir()):
         src = sources[0][0]
-        dst = Path(output) if output else src.with_name(f"{src.stem}_x{scale}{src.suffix}")
+        dst = Path(output) if output else src.with_name(f"{src.stem}_x{scale}{suffix or src.suffix}")
         return [(src, dst)]
     root = Path(output) if output else Path(f"upscaled_x{scale}")
-    return [(src, root / rel) for src, rel in sources]
+    return [(src, root / (rel.with_suffix(suffix) if suffix else rel)) for src, rel in sources]
 
 
 def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, device: str, precision: str,
-            threads: int | None, quality: int) -> None:
-    from srkit.imageio import read_image, write_image
+            threads: int | None, quality: int, out_format: str | None = None, tile: str | None = None,
+            tile_overlap: int | None = None, batch: int = 1, codec: str = "libx264", crf: int | None = None,
+            preset: str | None = None) -> None:
+    from srkit.imageio import load_image
     from srkit.runtime import Upscaler
+    from srkit.runtime.video import is_video_path
 
     model_path = resolve_onnx(model)
-    up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads)
-    jobs = plan_outputs(inputs, output, up.scale)
+    up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads,
+                  tile=tile, tile_overlap=tile_overlap)
+    if len(inputs) == 1 and is_video_path(inputs[0]):
+        _upscale_video(up, Path(inputs[0]), output, codec=codec, crf=crf, preset=preset)
+        return
+    jobs = plan_outputs(inputs, output, up.scale, out_format)
     all_inputs = [src for src, _ in jobs]
     for _, dst in jobs:
         refuse_overwriting_inputs(dst, all_inputs)
+    if len(jobs) == 1:
+        _upscale_one(up, jobs[0], load_image(jobs[0][0]), quality)  # a bad input fails before the model loads
+        return
+    _make_output_root(jobs)
     failures: list[str] = []
     start = time.perf_counter()
-    with up, progress(len(jobs), "upscaling") as advance:
-        described = up.describe()
-        print(f"srkit: {described['backend']} on {described['device']}, {described['precision']}",
-              file=sys.stderr)
-        for src, dst in jobs:
-            try:
-                image = read_image(src)
-                result = up.upscale(image)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                write_image(dst, result, quality=quality)
-                if len(jobs) == 1:
-                    echo(f"{src} ({image.shape[1]}x{image.shape[0]}) -> {dst} ({result.shape[1]}x{result.shape[0]})")
-            except SrkitError as exc:
-                if len(jobs) == 1:
-                    raise
-                failures.append(f"{src}: {exc}")
-                print(f"srkit: error: {src}: {exc}", file=sys.stderr)
-            advance()
-    if len(jobs) > 1:
-        done = len(jobs) - len(failures)
-        echo(f"upscaled {done} of {len(jobs)} images into {jobs[0][1].parent if done else output} "
-             f"in {time.perf_counter() - start:.1f} s")
+    with up, progress(len(jobs), "upscaling", unit="images") as advance:
+        _say_what_runs(up)
+        for chunk_start in range(0, len(jobs), batch):
+            chunk = jobs[chunk_start : chunk_start + batch]
+            for src, message in _upscale_chunk(up, chunk, quality):
+                failures.append(f"{src}: {message}")
+                print(f"srkit: error: {src}: {message}", file=sys.stderr)
+            advance(len(chunk))
+    done = len(jobs) - len(failures)
+    seconds = time.perf_counter() - start
+    echo(f"upscaled {done} of {len(jobs)} images into {_common_root(jobs)} in {seconds:.1f} s "
+         f"({done / seconds if seconds > 0 else 0.0:.2f} images/s)")
     if failures:
         raise InputError(f"{len(failures)} of {len(jobs)} images failed (listed above)")
 
 
+def _say_what_runs(up: Upscaler) -> None:
+    described = up.describe()
+    tile = up.tile
+    shape = (tile, tile) if isinstance(tile, int) else tile
+    tiling = f", tiles {shape[0]}x{shape[1]} overlap {up.tile_overlap}" if shape else ""
+    print(f"srkit: {described['backend']} on {described['device']}, {described['precision']}{tiling}",
+          file=sys.stderr)
+    choice = getattr(up.backend, "choice", None)  # --precision auto: say what was measured and chosen
+    if choice is not None:
+        print(f"srkit: {choice.summary()}", file=sys.stderr)
+
+
+def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, crf: int | None,
+                   preset: str | None) -> None:
+    from srkit.runtime.video import VideoOptions, check_encoder, probe, upscale_video
+
+    info = probe(src)  # a corrupt or missing video, or a bad encoder, fails before the model loads
+    check_encoder(codec, crf)
+    dst = Path(output) if output else src.with_name(f"{src.stem}_x{up.scale}.mp4")
+    if dst.is_dir():
+        dst = dst / f"{src.stem}_x{up.scale}.mp4"
+    refuse_overwriting_inputs(dst, [src])
+    options = VideoOptions(codec=codec, crf=crf, preset=preset)
+    total = info.frames or (round(info.duration_s * info.rate) if info.duration_s and info.rate else None)
+    with up, progress(total, f"upscaling {src.name}", unit="frames") as advance:
+        _say_what_runs(up)
+        result = upscale_video(up, src, dst, options=options, progress=lambda done, fps: advance())
+    rate = f"{float(result.rate):g} fps" if result.rate else "variable rate"
+    echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
+         f"({result.output_size[0]}x{result.output_size[1]}{', audio copied' if result.audio_copied else ''}) "
+         f"in {result.seconds:.1f} s ({result.fps:.1f} frames/s)")
+
+
+def _upscale_one(up: Upscaler, job: tuple[Path, Path], loaded: ImageFile, quality: int) -> None:
+    from srkit._fs import check_writable
+    from srkit.imageio import write_image
+
+    src, dst = job
+    check_writable(dst)  # before the work, not after it
+    image = loaded.pixels
+    plan = up.tile_plan(*image.shape[:2])
+    with up, progress(plan.count if plan else None, f"upscaling {src.name}", unit="tiles") as advance:
+        _say_what_runs(up)
+        result = up.upscale(image, on_tile=advance)
+    _warn_dropped_alpha(result, dst)
+    write_image(dst, result, quality=quality, icc_profile=loaded.icc_profile)
+    echo(f"{src} ({image.shape[1]}x{image.shape[0]}) -> {dst} ({result.shape[1]}x{result.shape[0]})")
+
+
+def _upscale_chunk(up: Upscaler, chunk: list[tuple[Path, Path]], quality: int) -> list[tuple[Path, str]]:
+    """Upscale and write one batch; same-size images share one model call. Returns the failures."""
+    from srkit.imageio import load_image, write_image
+
+    failures: list[tuple[Path, str]] = []
+    loaded: list[tuple[Path, Path, ImageFile]] = []
+    for src, dst in chunk:
+        try:
+            loaded.append((src, dst, load_image(src)))
+        except SrkitError as exc:
+            failures.append((src, str(exc)))
+    groups: dict[tuple[object, ...], list[tuple[Path, Path, ImageFile]]] = {}
+    for item in loaded:
+        pixels = item[2].pixels
+        groups.setdefault((pixels.shape, pixels.dtype.str), []).append(item)
+    for group in groups.values():
+        try:
+            results: list[np.ndarray | None] = list(up.upscale_batch([item[2].pixels for item in group]))
+        except SrkitError:
+            results = [None] * len(group)  # retried one by one below, so the failure names its file
+        for (src, dst, image), result in zip(group, results, strict=True):
+            try:
+                if result is None:
+                    result = up.upscale(image.pixels)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _warn_dropped_alpha(result, dst)
+                write_image(dst, result, quality=quality, icc_profile=image.icc_profile)
+            except SrkitError as exc:
+                failures.append((src, str(exc)))
+            except OSError as exc:
+                failures.append((src, f"cannot write {dst}: {exc.strerror or exc}"))
+    return failures
+
+
+def _warn_dropped_alpha(result: np.ndarray, dst: Path) -> None:
+    if result.ndim == 3 and result.shape[2] == 4 and dst.suffix.lower() in (".jpg", ".jpeg"):
+        print(f"srkit: warning: {dst}: JPEG has no alpha channel; transparency dropped", file=sys.stderr)
+
+
+def _make_output_root(jobs: list[tuple[Path, Path]]) -> None:
+    root = _common_root(jobs)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {root}: {exc.strerror or exc}") from None
+    import os
+
+    if not os.access(root, os.W_OK):
+        raise InputError(f"cannot write into the output folder {root}")
+
+
+def _common_root(jobs: list[tuple[Path, Path]]) -> Path:
+    import os
+
+    return Path(os.path.commonpath([str(dst.parent) for _, dst in jobs]))
+
+
 # ---- bench -----------------------------------------------------------------------------------------
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, threads: int | None,
-          min_time: float, json_out: str | None, md_out: str | None) -> None:
+          min_time: float, json_out: str | None, md_out: str | None, *, plot_out: str | None = None,
+          int8_model: str | None = None, checkpoint: str | None = None, quality: bool = True) -> None:
+    from srkit._fs import check_writable
     from srkit.bench.report import render_markdown, render_summary
-    from srkit.bench.runner import BenchConfig, resolve_backends, run_bench, size_for_output
+    from srkit.bench.runner import BenchConfig, plan_variants, resolve_backends, run_bench, size_for_output
     from srkit.meta import read_model_info
 
     model_path = resolve_onnx(model)
     info = read_model_info(model_path)
-    for out in (json_out, md_out):
+    for out in (json_out, md_out, plot_out):
         if out:
-            from srkit._fs import check_writable
-
             check_writable(Path(out))
-    backends = resolve_backends(backend.lower())
-    config = BenchConfig(model=model_path, backends=backends, precision=precision,
+    if plot_out:
+        from srkit._optional import require
+
+        require("matplotlib", extra="bench", purpose="--plot")  # fail before minutes of benchmarking
+    config = BenchConfig(model=model_path, backends=resolve_backends(backend.lower()), precision=precision,
                          input_size=size_for_output(info, size), dataset=Path(dataset) if dataset else None,
-                         threads=threads, min_time_s=min_time)
-    with progress(len(backends), "benchmarking") as advance:
+                         threads=threads, min_time_s=min_time, peak_min_time_s=min(0.5, min_time),
+                         int8_model=Path(int8_model) if int8_model else None,
+                         checkpoint=Path(checkpoint) if checkpoint else None, quality=quality)
+    steps = len(plan_variants(config, info)) + 1  # + the PyTorch reference
+    with progress(steps, "benchmarking") as advance:
         report = run_bench(config, progress=lambda name: advance(description=f"benchmarking {name}"))
     _write_text(json_out, json.dumps(report, indent=2) + "\n")
     _write_text(md_out, render_markdown(report))
+    if plot_out:
+        from srkit.bench.plot import write_plot
+
+        write_plot(report, plot_out)
     echo(render_summary(report))
     if all(r.get("error") for r in report["results"]):
         raise SrkitError("no backend could run the model: " + "; ".join(r["error"] for r in report["results"]))
+
+
+# ---- quantize --------------------------------------------------------------------------------------
+def quantize(model: str, calib: str | None, output: str | None, *, backend: str, method: str | None,
+             max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None, samples: int,
+             patch: int, seed: int) -> None:
+    from srkit.calibration import quantize as run_quantize
+
+    model_path = resolve_onnx(model)
+    if output is None and not Path(model).is_file():  # a bundled name: write here, not into the cache
+        output = f"{model}-int8-{backend.lower()}.onnx"
+    with progress(None, f"quantizing {model} for {backend}") as advance:
+        def note(message: str) -> None:
+            advance(0, description=message)  # the attempts are listed in the report below
+
+        result = run_quantize(model_path, output, calibration=calib, backend=backend, method=method,
+                              max_psnr_drop=max_psnr_drop, min_parity_db=min_parity, budget_mode=budget_mode,
+                              samples=samples, patch=patch, seed=seed, progress=note)
+    m = result.measurement
+    echo(f"wrote {result.path}  (int8 for {result.backend.value}, method {result.method})")
+    echo(f"calibration: {result.calibration}")
+    echo(f"validation ({', '.join(result.validation)}): {m.describe(result.budget)}  "
+         f"[budget {result.budget.describe()}: met]")
+    for attempt in result.log.attempts:
+        kept = ", ".join(attempt.kept_float) or "none"
+        echo(f"  tried float [{kept}]: {attempt.measurement.describe(result.budget)}"
+             + ("" if attempt.held else "  (over budget)"))
+    echo(f"kept in float: {', '.join(result.kept_float) or 'none'}")
+    echo(f"done in {result.seconds:.1f} s")
 
 
 def _write_text(path: str | None, text: str) -> None:

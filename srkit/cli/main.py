@@ -49,13 +49,16 @@ def zoo(as_json: bool) -> None:
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--static", "static", metavar="HxW", help="fixed input size instead of dynamic axes")
 @click.option("--no-verify", is_flag=True, help="skip the parity gate (not recommended)")
+@click.option("--fp16", is_flag=True, help="fp16 graph, fp32 I/O; nodes that overflow fp16 stay fp32")
+@click.option("--fp16-io", is_flag=True, help="with --fp16: fp16 inputs and outputs too")
 def export(source: str, output: str | None, arch: str | None, scale: int | None, opset: int,
-           static: str | None, no_verify: bool) -> None:
+           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool) -> None:
     """Export SOURCE (a bundled name or a checkpoint) to ONNX and verify it against PyTorch."""
     from srkit.cli import commands
 
     commands.export(source, output, arch=arch, scale=scale, opset=opset,
-                    static=parse_hw(static, "--static"), verify=not no_verify)
+                    static=parse_hw(static, "--static"), verify=not no_verify, fp16=fp16 or fp16_io,
+                    fp16_io=fp16_io)
 
 
 @cli.command()
@@ -76,32 +79,87 @@ def info(model: str, as_json: bool) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--precision", type=PRECISIONS, default="fp32", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for the backend")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality")
-def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: str, device: str, precision: str,
-            threads: int | None, quality: int) -> None:
-    """Upscale image files or folders of images."""
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="JPEG/WebP quality (WebP 100 = lossless)")
+@click.option("--format", "out_format",
+              type=click.Choice(["png", "jpg", "webp", "tiff", "bmp"], case_sensitive=False),
+              help="output format for folders (default: each input's own); a file output takes its extension")
+@click.option("--tile", default=None, metavar="N|auto",
+              help="upscale in N x N tiles (seam-free, bounded memory); auto: sized from a 1 GiB budget")
+@click.option("--tile-overlap", type=click.IntRange(0), default=None, metavar="N",
+              help="context pixels per tile side, at least the model's receptive field "
+                   "[default: receptive field + 8]")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="same-size images per model call")
+@click.option("--codec", default="libx264", show_default=True, help="video: the FFmpeg encoder")
+@click.option("--crf", type=click.IntRange(0, 63), default=None,
+              help="video: constant rate factor (lower = better) [default: 18 for libx264]")
+@click.option("--preset", default=None, help="video: encoder speed preset (x264: ultrafast .. veryslow)")
+def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: str, device: str,
+            precision: str, threads: int | None, quality: int, out_format: str | None, tile: str | None,
+            tile_overlap: int | None, batch: int, codec: str, crf: int | None, preset: str | None) -> None:
+    """Upscale image files, folders of images, or a video (audio copied, frame rate kept)."""
     from srkit.cli import commands
 
     commands.upscale(list(inputs), model, output, backend=backend, device=device, precision=precision,
-                     threads=threads, quality=quality)
+                     threads=threads, quality=quality, out_format=out_format, tile=tile,
+                     tile_overlap=tile_overlap, batch=batch, codec=codec, crf=crf, preset=preset)
 
 
 @cli.command()
 @click.option("-m", "--model", required=True, help="exported .onnx or a bundled name")
 @click.option("--backend", default="all", show_default=True, help="ort, openvino, trt, torch or all")
-@click.option("--precision", type=PRECISIONS, default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice([p.value for p in Precision] + ["all"], case_sensitive=False),
+              default="all", show_default=True, help="all: every precision each backend can run the model at")
 @click.option("--size", default="1080p", show_default=True, help="720p/1080p/4k (output) or WxH (input)")
 @click.option("--dataset", type=click.Path(file_okay=False), help="folder of high-resolution images")
+@click.option("--int8-model", type=click.Path(dir_okay=False),
+              help="int8 model quantized from MODEL (default: MODEL-int8-BACKEND.onnx or MODEL-int8.onnx "
+              "beside it, if present)")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True),
+              help="PyTorch weights MODEL was exported from, for the torch rows and parity "
+              "(bundled models need none)")
+@click.option("--no-quality", is_flag=True, help="skip PSNR-Y/SSIM-Y on the dataset (speed and parity only)")
 @click.option("--threads", type=int)
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds of timed calls per figure")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON")
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the results as a Markdown table")
-def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, threads: int | None,
-          min_time: float, json_out: str | None, md_out: str | None) -> None:
-    """Measure speed, memory and quality of a model per backend."""
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="write fps against PSNR as a PNG")
+def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, int8_model: str | None,
+          checkpoint: str | None, no_quality: bool, threads: int | None, min_time: float,
+          json_out: str | None, md_out: str | None, plot_out: str | None) -> None:
+    """Measure speed, memory and quality of a model per backend and precision."""
     from srkit.cli import commands
 
-    commands.bench(model, backend, precision, size, dataset, threads, min_time, json_out, md_out)
+    commands.bench(model, backend, precision, size, dataset, threads, min_time, json_out, md_out,
+                   plot_out=plot_out, int8_model=int8_model, checkpoint=checkpoint, quality=not no_quality)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--calib", type=click.Path(file_okay=False),
+              help="folder of calibration images (default: the built-in CC0 photos, validated on the others)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="int8 ONNX to write (default: MODEL-int8-BACKEND.onnx)")
+@click.option("--backend", type=click.Choice(["ort", "openvino", "trt"], case_sensitive=False), default="ort",
+              show_default=True, help="the runtime the int8 model is made for")
+@click.option("--method",
+              help="ort/trt: minmax, entropy, percentile; openvino: performance, mixed, accuracy-control")
+@click.option("--max-psnr-drop", type=float, help="PSNR-Y budget in dB vs fp32 (default 0.3)")
+@click.option("--min-parity", type=float, help="parity budget in dB vs fp32 output (default 35)")
+@click.option("--budget", "budget_mode", type=click.Choice(["drop", "parity"]),
+              help="drop: PSNR-Y vs ground truth; parity: vs the fp32 output (default: GAN archs -> parity)")
+@click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="calibration patches")
+@click.option("--patch", type=click.IntRange(1), default=64, show_default=True, help="patch side (LR pixels)")
+@click.option("--seed", type=int, default=0, show_default=True)
+def quantize(model: str, calib: str | None, output: str | None, backend: str, method: str | None,
+             max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None, samples: int,
+             patch: int, seed: int) -> None:
+    """int8 model calibrated on real images, with its PSNR cost measured and bounded."""
+    from srkit.cli import commands
+
+    commands.quantize(model, calib, output, backend=backend, method=method, max_psnr_drop=max_psnr_drop,
+                      min_parity=min_parity, budget_mode=budget_mode, samples=samples, patch=patch, seed=seed)
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -28,6 +28,9 @@ class ExportOptions:
     verify: bool = True
     max_abs: float = 1e-4
     simplify: bool = True
+    fp16: bool = False  # fp16 graph, overflowing nodes kept fp32 (srkit.export.fp16)
+    fp16_io: bool = False  # with fp16: fp16 inputs/outputs instead of fp32
+    min_psnr_fp16: float = 45.0  # the fp16 gate against PyTorch fp32
 
 
 @dataclass
@@ -37,6 +40,8 @@ class ExportResult:
     parity: ParityReport | None
     seconds: float
     nodes: dict[str, int] = field(default_factory=dict)
+    # runtime -> "ok (...)" or "skipped: why": the op-support check (graph.check_runtimes)
+    checks: dict[str, str] = field(default_factory=dict)
 
 
 def default_output(source: str) -> Path:
@@ -54,6 +59,8 @@ def export_model(
     options = options or ExportOptions()
     if not MIN_OPSET <= options.opset <= 23:
         raise InputError(f"--opset {options.opset} is outside the supported range {MIN_OPSET}-23")
+    if options.fp16_io and not options.fp16:
+        raise InputError("fp16 inputs/outputs (fp16_io) need an fp16 export (fp16=True)")
     start = time.perf_counter()
     loaded = load_model(source, arch=arch, scale=scale)
     out_path = Path(output) if output else default_output(source)
@@ -70,19 +77,38 @@ def export_model(
     with atomic_path(out_path) as tmp:
         model = trace(loaded, info, options)
         graph.check_graph(model, expects_depth_to_space=_uses_pixel_shuffle(loaded.module))
+        if options.fp16:
+            model = to_fp16(model, info, options)
+            graph.check_graph(model, expects_depth_to_space=_uses_pixel_shuffle(loaded.module))
         write_with_metadata(model, info, tmp)
+        checks = graph.check_runtimes(tmp)
         report = None
         if options.verify:
             report = run_gate(
                 tmp, loaded.module, channels=info.in_channels, size_multiple=info.size_multiple,
-                static=options.static, max_abs=options.max_abs,
+                static=options.static, max_abs=None if options.fp16 else options.max_abs,
+                min_psnr=options.min_psnr_fp16 if options.fp16 else None,
             )
             info.parity = report.to_dict()
             write_with_metadata(model, info, tmp)  # the parity result is part of the artifact
         nodes: dict[str, int] = {}
         for op in graph.op_types(model):
             nodes[op] = nodes.get(op, 0) + 1
-    return ExportResult(out_path, info, report, time.perf_counter() - start, nodes)
+    return ExportResult(out_path, info, report, time.perf_counter() - start, nodes, checks)
+
+
+def to_fp16(model: Any, info: ModelInfo, options: ExportOptions) -> Any:
+    """fp16 graph; records the precision and the nodes kept fp32 (srkit.fp32_nodes) in `info`."""
+    from srkit.export import fp16
+
+    batches = None
+    if options.static is not None:  # a static graph takes exactly one shape: calibrate at it
+        batches = fp16.calibration_batches(info.in_channels, info.size_multiple, size=options.static, batch=1)
+    half, report = fp16.to_fp16(model, channels=info.in_channels, size_multiple=info.size_multiple,
+                                fp16_io=options.fp16_io, batches=batches)
+    info.precision = Precision.FP16
+    info.extra.update(report.to_extra())
+    return half
 
 
 def describe(loaded: LoadedModel, options: ExportOptions) -> ModelInfo:
@@ -92,7 +118,8 @@ def describe(loaded: LoadedModel, options: ExportOptions) -> ModelInfo:
         scale=int(params["scale"]),
         in_channels=int(params.get("in_channels", 1 if spec.color.value == "y" else 3)),
         color=spec.color,
-        size_multiple=spec.size_multiple,
+        # a module may need more than its architecture's default (RRDBNet x2/x1: pixel-unshuffle by 2/4)
+        size_multiple=int(getattr(loaded.module, "size_multiple", spec.size_multiple)),
         precision=Precision.FP32,
         opset=options.opset,
         source=loaded.source,

@@ -1,10 +1,12 @@
-"""Graph passes and checks on an ONNX ModelProto: simplify, DepthToSpace mode, no training-only ops."""
+"""Graph passes and checks on an ONNX ModelProto: simplify, DepthToSpace mode, no training-only ops, and
+op support (the graph loads in ONNX Runtime and compiles in OpenVINO)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from srkit._optional import require
+from srkit._optional import is_available, require
 from srkit.errors import ExportError
 
 TRAINING_ONLY_OPS = {"BatchNormalization", "Dropout"}
@@ -41,3 +43,42 @@ def check_graph(model: Any, *, expects_depth_to_space: bool) -> None:
         if mode != "CRD":
             # PixelShuffle's channel order is CRD; DCR (the ONNX default) scrambles colours and sub-pixels
             raise ExportError(f"DepthToSpace node {node.name!r} has mode {mode}; PixelShuffle needs CRD")
+
+
+def check_runtimes(path: Path) -> dict[str, str]:
+    """Every op must load in ONNX Runtime and, if installed, compile on OpenVINO's CPU plugin.
+
+    Returns {runtime: "ok ..." or "skipped: ..."}; raises ExportError naming the runtime that refused
+    the graph.
+    OpenVINO is optional for export: without it the check is skipped and the result says so.
+    """
+    results = {"onnxruntime": _check_onnxruntime(path)}
+    if is_available("openvino"):
+        results["openvino"] = _check_openvino(path)
+    else:
+        results["openvino"] = "skipped: openvino is not installed (pip install 'srkit[openvino]')"
+    return results
+
+
+def _check_onnxruntime(path: Path) -> str:
+    ort = require("onnxruntime", extra="ort", purpose="checking the exported graph")
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        raise ExportError(f"ONNX Runtime cannot load the exported graph: {_first_line(exc)}") from None
+    return f"ok (onnxruntime {ort.__version__}, CPU)"
+
+
+def _check_openvino(path: Path) -> str:
+    ov = require("openvino", extra="openvino", purpose="checking the exported graph")
+    try:
+        core = ov.Core()
+        core.compile_model(core.read_model(str(path)), "CPU")
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
+        raise ExportError(f"OpenVINO cannot compile the exported graph on CPU: {_first_line(exc)}") from None
+    return f"ok (openvino {ov.__version__}, CPU)"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]

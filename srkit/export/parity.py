@@ -77,6 +77,8 @@ def run_gate(
     torch = require("torch")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    # an fp16-I/O model (export --fp16-io) takes float16; the reference still sees the fp32 crop
+    feed = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     gate = " and ".join(
         g for g in (f"max_abs<={max_abs:g}" if max_abs is not None else "",
                     f"psnr>={min_psnr:g}dB" if min_psnr is not None else "") if g
@@ -87,7 +89,7 @@ def run_gate(
         x = real_inputs(shape, channels, seed=i)
         with torch.no_grad():
             ref = torch_module(torch.from_numpy(x)).numpy()
-        out = np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
+        out = np.asarray(session.run(None, {name: x.astype(feed)})[0], dtype=np.float32)
         if out.shape != ref.shape:
             raise ParityError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
         report.shapes.append(list(x.shape))

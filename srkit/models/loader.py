@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from srkit._optional import require
 from srkit.errors import InputError, UnsupportedModelError
-from srkit.models import registry, zoo
+from srkit.models import layouts, registry, zoo
 from srkit.models.base import ArchSpec, Params
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+NCNN_SUFFIX = ".param"  # with its .bin beside it
 # keys under which training frameworks nest the generator's weights (BasicSR prefers the EMA copy)
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "generator", "netG")
 
@@ -64,16 +66,36 @@ def _load_torch(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused = _refused_global(str(exc))
+        if refused is None:  # random or damaged bytes also end up in the unpickler
+            raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                             f"{_last_line(exc)}") from None
         # weights_only refused a class or a callable: a pickled nn.Module or a file that would run code
-        first = str(exc).splitlines()[0] if str(exc) else "unsupported content"
         raise InputError(
-            f"{path} holds more than weights (a pickled model or code), and srkit loads checkpoints with "
-            f"weights_only=True; save model.state_dict() instead ({first[:160]})"
+            f"{path} holds more than weights (a pickled model or code: {refused}), and srkit loads "
+            f"checkpoints with weights_only=True, which refused it without running it; "
+            f"save model.state_dict() instead"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # zip errors, EOF, bad magic, decoding errors: all mean an unreadable file
         raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+                         f"{_first_line(exc)}") from None
     return unwrap_state_dict(obj, path)
+
+
+def _refused_global(message: str) -> str | None:
+    """The class or callable weights_only refused to import, or None if the unpickler failed otherwise."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return text[:200] if text else type(exc).__name__
+
+
+def _last_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "torch.load" not in line]
+    return lines[-1][:200] if lines else type(exc).__name__
 
 
 def unwrap_state_dict(obj: Any, path: Path) -> dict[str, Any]:
@@ -110,13 +132,23 @@ def resolve_arch(
         except UnsupportedModelError:
             if arch is None:
                 raise
-            spec, params = registry.get(arch), {}
+            # --arch settles an ambiguity; it cannot make weights fit a network they do not describe
+            spec = registry.get(arch)
+            found = spec.detect(sd)
+            if found is None:
+                raise UnsupportedModelError(
+                    f"--arch {arch}: the weights in {where} are not a {spec.title} checkpoint "
+                    f"(first keys: {', '.join(list(sd)[:4])})"
+                ) from None
+            params = found
     if arch is not None and registry.get(arch).name != spec.name:
         raise InputError(f"--arch {arch} does not match the weights in {where}, which are {spec.name}")
     params = {**spec.defaults, **params}
     if scale is not None:
         if "scale" in params and params["scale"] != scale:
-            raise InputError(f"--scale {scale} does not match the weights in {where}, which are x{params['scale']}")
+            raise InputError(
+                f"--scale {scale} does not match the weights in {where}, which are x{params['scale']}"
+            )
         params["scale"] = scale
     if "scale" not in params:
         raise InputError(f"the scale of a {spec.title} cannot be read from its weights; pass --scale N")
@@ -135,16 +167,44 @@ def load_model(source: str, *, arch: str | None = None, scale: int | None = None
         if not path.exists():
             known = ", ".join(zoo.entries()) or "none"
             raise InputError(f"{source} is neither a file nor a bundled model (bundled: {known})")
+        if path.suffix.lower() == NCNN_SUFFIX:
+            return load_ncnn(path, arch=arch, scale=scale)
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise InputError(f"{path}: unsupported checkpoint type {path.suffix!r}; "
-                             f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+                             f"use one of {', '.join((*CHECKPOINT_SUFFIXES, NCNN_SUFFIX))}")
     sd, meta = load_state_dict(path)
+    sd, _layout = layouts.to_native(sd)  # original ESRGAN / EDSR / RCAN key names -> BasicSR's
     spec, params = resolve_arch(sd, meta, arch=arch, scale=scale, where=str(path))
+    module = build_strict(spec, params, sd, path)
+    return LoadedModel(module, spec, params, origin, sha256_file(path))
+
+
+def build_strict(spec: ArchSpec, params: Params, sd: dict[str, Any], path: Path) -> Any:
     module = spec.build(params)
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise UnsupportedModelError(f"{path}: the weights do not fit {spec.title} {params}: {detail}") from None
-    module.eval()
-    return LoadedModel(module, spec, params, origin, sha256_file(path))
+    return module.eval()
+
+
+def load_ncnn(path: Path, *, arch: str | None = None, scale: int | None = None) -> LoadedModel:
+    """An ncnn .param with its .bin beside it (Real-ESRGAN's networks) -> the matching torch module.
+
+    The graph names the architecture; detection from the imported weights must agree with it, so the
+    module is built exactly as a BasicSR checkpoint of the same network would be.
+    """
+    from srkit.models import ncnn
+
+    torch = require("torch", extra="export", purpose="importing ncnn models")
+    imported = ncnn.import_ncnn(path)
+    sd = {k: torch.from_numpy(v) for k, v in imported.state_dict.items()}
+    spec, params = resolve_arch(sd, {}, arch=arch, scale=scale, where=str(path))
+    if spec.name != imported.arch or params["scale"] != imported.scale:
+        raise UnsupportedModelError(
+            f"{path}: the ncnn graph is {imported.arch} x{imported.scale} but its weights were detected as "
+            f"{spec.name} x{params['scale']}"
+        )
+    module = build_strict(spec, params, sd, path)
+    return LoadedModel(module, spec, params, path.name, sha256_file(imported.bin_path))

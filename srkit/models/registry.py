@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from srkit.errors import UnsupportedModelError
-from srkit.models import espcn, fsrcnn, srcnn
+from srkit.models import edsr, espcn, fsrcnn, rcan, rdn, rrdbnet, srcnn, srresnet, srvgg, vdsr
 from srkit.models.base import ArchSpec, Params, StateDict
 
 _SPECS: dict[str, ArchSpec] = {}
@@ -16,7 +16,7 @@ def register(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
-for _module in (espcn, srcnn, fsrcnn):
+for _module in (espcn, srcnn, fsrcnn, vdsr, srresnet, edsr, rdn, rcan, rrdbnet, srvgg):
     register(_module.SPEC)
 
 

@@ -3,6 +3,7 @@ OpenVINO otherwise runs bf16 by default (openvino #19355), which would silently 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,19 @@ from srkit.meta import Precision
 from srkit.runtime.base import Backend
 
 HINTS = {Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16"}
+
+
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+def performance_hint(extra: dict[str, Any]) -> str:
+    """LATENCY (default: one image at a time, all cores on it) or THROUGHPUT (parallel requests, batches)."""
+    hint = str(extra.get("performance_hint") or "LATENCY").upper()
+    if hint not in PERFORMANCE_HINTS:
+        choices = ", ".join(PERFORMANCE_HINTS)
+        raise InputError(f"unknown OpenVINO performance hint {hint!r}; choose one of: {choices}")
+    return hint
 
 
 class OpenVINOBackend(Backend):
@@ -28,18 +42,26 @@ class OpenVINOBackend(Backend):
     def _device(self, core: Any) -> str:
         device = self.options.device.upper()
         have = list(core.available_devices)
-        if device != "AUTO" and device.split(".")[0] not in {d.split(".")[0] for d in have}:
-            raise BackendUnavailableError(f"OpenVINO has no device {device}; available: {', '.join(have)}")
+        kinds = {d.split(".")[0] for d in have}
+        # AUTO, AUTO:GPU,CPU, MULTI:..., HETERO:...: every device named after the colon must exist
+        virtual, _, listed = device.partition(":")
+        named = [d for d in listed.split(",") if d] if virtual in VIRTUAL_DEVICES else [device]
+        for name in named:
+            if name.split(".")[0] not in kinds:
+                raise BackendUnavailableError(f"OpenVINO has no device {name}; available: {', '.join(have)}")
         return device
 
     def _config(self, core: Any, device: str) -> dict[str, Any]:
-        config: dict[str, Any] = {"PERFORMANCE_HINT": self.options.extra.get("performance_hint", "LATENCY")}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint(self.options.extra)}
         precision = self.options.precision
         if self.info.precision == Precision.INT8:
             # a quantized model carries its own int8 layers; the hint governs the layers left in float
             precision = Precision.FP32 if precision in (Precision.INT8, Precision.AUTO) else precision
         if precision == Precision.AUTO:
             precision = Precision.FP32
+        if precision == Precision.INT8:  # int8 lives in the model (Q/DQ), not in a compile hint
+            raise InputError(f"this model is {self.info.precision.value}; make an int8 one for --precision "
+                             f"int8 with: srkit quantize {self.model_path} --backend openvino")
         if precision not in HINTS:
             raise InputError(f"OpenVINO cannot run an {self.info.precision.value} model at {precision.value}")
         if device.startswith("CPU") and precision == Precision.FP16:
@@ -50,6 +72,8 @@ class OpenVINOBackend(Backend):
         if self.options.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.options.threads)
         if cache := self.options.extra.get("cache_dir"):
+            # compiled blobs are reused across processes: the second start skips compilation
+            Path(cache).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache)
         return config
 
@@ -58,11 +82,22 @@ class OpenVINOBackend(Backend):
         core = ov.Core()
         device = self._device(core)
         model = core.read_model(str(self.model_path))
-        self.compiled = core.compile_model(model, device, self._config(core, device))
+        config = self._config(core, device)
+        self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.ran_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint).lower()
         self.ran_device = device
+        self.ran_precision = self._compiled_property("INFERENCE_PRECISION_HINT", config)
+        self.ran_hint = self._compiled_property("PERFORMANCE_HINT", config).upper()
+        self.execution_devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
+
+    def _compiled_property(self, name: str, config: dict[str, Any]) -> str:
+        """What the compiled model reports; AUTO/MULTI do not expose every property, so then what was set."""
+        try:
+            value = self.compiled.get_property(name)
+        except RuntimeError:
+            value = config[name]
+        text = value.to_string() if hasattr(value, "to_string") else str(value)
+        return text.split(".")[-1].lower() if name == "INFERENCE_PRECISION_HINT" else text.split(".")[-1]
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: x})
@@ -78,4 +113,6 @@ class OpenVINOBackend(Backend):
         if self.info.precision == Precision.INT8:
             precision = f"int8+{precision}"
         return {**super().describe(), "device": getattr(self, "ran_device", self.options.device).lower(),
-                "precision": precision, "inference_precision_hint": ran}
+                "precision": precision, "inference_precision_hint": ran,
+                "performance_hint": getattr(self, "ran_hint", None),
+                "execution_devices": getattr(self, "execution_devices", None)}

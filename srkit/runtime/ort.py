@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Precision
+from srkit.meta import ModelInfo, Precision
 from srkit.runtime.base import Backend
 
 PROVIDERS = {
@@ -16,6 +17,36 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+def provider_options(device: str, info: ModelInfo, extra: dict[str, Any]) -> dict[str, Any]:
+    """Execution provider options, each set on purpose (ORT's defaults suit neither SR nor tiles)."""
+    if device == "cuda":
+        # EXHAUSTIVE (the default) re-benchmarks cuDNN algorithms for every new shape (onnxruntime #11688)
+        return {"cudnn_conv_algo_search": "HEURISTIC"}
+    if device == "tensorrt":
+        from srkit.runtime.tensorrt import compute_profile, default_cache_dir
+
+        cache = str(Path(extra.get("cache_dir") or default_cache_dir()) / "ort-trt")
+        tile = extra.get("tile_shape")
+        profile = compute_profile(info, tile=tile if isinstance(tile, int | tuple) else None,
+                                  max_hw=extra.get("trt_max_shape"), opt_hw=extra.get("trt_opt_shape"))
+        name = extra.get("input_name", "input")
+        shape = lambda dims: f"{name}:{'x'.join(map(str, dims))}"  # noqa: E731
+        return {
+            # an fp16 model: let TensorRT pick fp16 kernels for it (an fp32 model keeps fp32 numbers)
+            "trt_fp16_enable": info.precision == Precision.FP16,
+            # engines take seconds to minutes to build: cache them, and the kernel timings, on disk
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": cache,
+            # one explicit profile, so a new tile or frame size does not trigger an engine rebuild
+            "trt_profile_min_shapes": shape(profile.min),
+            "trt_profile_opt_shapes": shape(profile.opt),
+            "trt_profile_max_shapes": shape(profile.max),
+        }
+    return {}
 
 
 class OrtBackend(Backend):
@@ -39,11 +70,7 @@ class OrtBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime has no {provider} here; available: {', '.join(ort.get_available_providers())}"
             )
-        options: dict[str, Any] = {}
-        if device == "cuda":
-            # EXHAUSTIVE (the default) re-benchmarks cuDNN algorithms for every new shape (onnxruntime #11688)
-            options = {"cudnn_conv_algo_search": "HEURISTIC"}
-        return provider, options
+        return provider, provider_options(device, self.info, self.options.extra)
 
     def _check_precision(self) -> None:
         wanted, have = self.options.precision, self.info.precision
@@ -61,10 +88,19 @@ class OrtBackend(Backend):
         if self.options.threads:
             so.intra_op_num_threads = int(self.options.threads)
         so.log_severity_level = 3
-        provider, provider_options = self._provider()
-        self.session = ort.InferenceSession(
-            str(self.model_path), sess_options=so, providers=[(provider, provider_options)]
-        )
+        provider, options = self._provider()
+        providers: list[tuple[str, dict[str, Any]]] = [(provider, options)]
+        if provider == PROVIDERS["tensorrt"]:
+            Path(options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+            if PROVIDERS["cuda"] in ort.get_available_providers():
+                # nodes TensorRT cannot take run on CUDA (ORT partitions the graph), not on the CPU
+                providers.append((PROVIDERS["cuda"], provider_options("cuda", self.info, self.options.extra)))
+        self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+        if self.session.get_providers()[0] != provider:  # ORT falls back quietly when a GPU EP cannot load
+            raise BackendUnavailableError(
+                f"ONNX Runtime could not start {provider} (its libraries failed to load) and would run on "
+                f"{', '.join(self.session.get_providers())}; check the CUDA/TensorRT installation"
+            )
         self.input_name = self.session.get_inputs()[0].name
         self.provider = provider
 

@@ -46,8 +46,10 @@ class TorchBackend(Backend):
     def _activate(self) -> None:
         torch = require("torch", extra="export")
         device = self.options.device.lower()
-        if device not in self.devices():
-            raise BackendUnavailableError(f"PyTorch has no device {device!r} here; available: {', '.join(self.devices())}")
+        if device.split(":")[0] not in self.devices():  # "cuda:1" names a GPU of the "cuda" device type
+            raise BackendUnavailableError(
+                f"PyTorch has no device {device!r} here; available: {', '.join(self.devices())}"
+            )
         precision = self.options.precision
         if precision == Precision.AUTO:
             precision = Precision.FP32
@@ -59,7 +61,7 @@ class TorchBackend(Backend):
         self.dtype = dtypes[precision]
         self.device = torch.device(device)
         module = self._load_module().to(self.device, self.dtype).eval()
-        if device == "cuda":
+        if self.device.type == "cuda":  # NHWC is what cuDNN's fp16/bf16 tensor-core kernels want
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self.ran_precision = precision

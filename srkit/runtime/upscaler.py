@@ -6,6 +6,7 @@ bicubically; RGB models see RGB; gray images stay gray; alpha is upscaled on its
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 from srkit import imaging
 from srkit.errors import InputError
 from srkit.meta import Color, ModelInfo, Precision, read_model_info
-from srkit.runtime import registry
+from srkit.runtime import registry, tiling
 from srkit.runtime.base import Backend, BackendOptions
 
 # Refuse (with advice) rather than let one call allocate more than this much float32 output untiled.
@@ -37,6 +38,9 @@ class Upscaler:
         *,
         threads: int | None = None,
         checkpoint: str | Path | None = None,
+        tile: int | str | tuple[int, int] | None = None,
+        tile_overlap: int | None = None,
+        memory_budget: int | None = None,
         **backend_options: Any,
     ) -> None:
         path = Path(model)
@@ -52,7 +56,39 @@ class Upscaler:
         if checkpoint is not None:
             extra["checkpoint"] = checkpoint
         options = BackendOptions(device=device, precision=Precision.parse(precision), threads=threads, extra=extra)
-        self.backend: Backend = cls(path, self.info, options)
+        if options.precision == Precision.AUTO:  # measured on activation (srkit.runtime.precision)
+            from srkit.runtime.precision import AutoPrecisionBackend
+
+            self.backend: Backend = AutoPrecisionBackend(cls, path, self.info, options)
+        else:
+            self.backend = cls(path, self.info, options)
+        self._configure_tiling(tile, tile_overlap, memory_budget)
+        extra.setdefault("tile_shape", self.tile)  # compiled backends (TensorRT) build their profile from it
+
+    def _configure_tiling(
+        self, tile: int | str | tuple[int, int] | None, overlap: int | None, budget: int | None
+    ) -> None:
+        """`tile`: None (whole image), an int or (H, W), or "auto" (from `memory_budget` bytes).
+        A static-shape model always tiles at its input shape."""
+        rf = self.info.receptive_field
+        self.tile_overlap = tiling.default_overlap(rf) if overlap is None else int(overlap)
+        if self.tile_overlap < rf:
+            raise InputError(
+                f"--tile-overlap {self.tile_overlap} is below this model's receptive field ({rf} pixels); "
+                f"use at least {rf}"
+            )
+        parsed = tiling.parse_tile(tile)
+        if parsed == "auto":
+            parsed = tiling.auto_tile_size(
+                scale=self.info.scale, features=tiling.features_of(self.info.params),
+                overlap=self.tile_overlap, multiple=self.info.size_multiple, budget_bytes=budget,
+            )
+        if self.info.static_shape:
+            if parsed is not None and parsed not in (self.info.static_shape, self.info.static_shape[0]):
+                sh, sw = self.info.static_shape
+                raise InputError(f"this model was exported for {sh}x{sw} inputs; its tile must be {sh}x{sw}")
+            parsed = self.info.static_shape
+        self.tile: int | tuple[int, int] | None = parsed  # type: ignore[assignment]
 
     # ---- lifecycle ------------------------------------------------------------------------------
     @staticmethod
@@ -89,32 +125,110 @@ class Upscaler:
         return out[:, :, : h * s, : w * s]
 
     def _run_planes(self, planes: np.ndarray) -> np.ndarray:
-        """HxWxC float32 -> (sH)x(sW)xC float32 through the model."""
-        chw = planes.transpose(2, 0, 1)[None]
-        return self.run_model(np.ascontiguousarray(chw, dtype=np.float32))[0].transpose(1, 2, 0)
+        """NxHxWxC float32 -> Nx(sH)x(sW)xC float32 through the model, in one call."""
+        nchw = planes.transpose(0, 3, 1, 2)
+        return self.run_model(np.ascontiguousarray(nchw, dtype=np.float32)).transpose(0, 2, 3, 1)
 
     # ---- images ---------------------------------------------------------------------------------
-    def upscale(self, image: np.ndarray) -> np.ndarray:
-        """HxW or HxWxC (C = 1, 3, 4) uint8/uint16/float32 RGB -> the same dtype and channels, scaled."""
+    def upscale(self, image: np.ndarray, *, on_tile: Callable[[], None] | None = None) -> np.ndarray:
+        """HxW or HxWxC (C = 1, 3, 4) uint8/uint16/float32 RGB -> the same dtype and channels, scaled.
+
+        With `tile` set, the image goes through in tiles and the float32 result is never held whole.
+        """
         layout = imaging.describe(image)
-        h, w = image.shape[:2]
+        pixels = image[..., None] if layout.gray else image
+        if layout.channels == 4:
+            pixels = self._fill_under_alpha(pixels)
+        if self.tile is None:
+            h, w = image.shape[:2]
+            self._check_size(h, w)
+            out = imaging.from_float(self._upscale_float(imaging.to_float(pixels)[None])[0], layout.dtype)
+        else:
+            out = self._upscale_tiled(pixels, layout.dtype, on_tile)
+        return out[..., 0] if layout.gray else out
+
+    def upscale_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several images; those of one shape and dtype go through the model in one call (N > 1 batch).
+        Tiled upscalers and mixed shapes fall back to one call per image."""
+        if not images:
+            return []
+        layouts = [imaging.describe(im) for im in images]
+        same = all(im.shape == images[0].shape and lay == layouts[0]
+                   for im, lay in zip(images, layouts, strict=True))
+        if self.tile is not None or not same or len(images) == 1 or self.info.static_shape:
+            return [self.upscale(im) for im in images]
+        layout = layouts[0]
+        h, w = images[0].shape[:2]
+        self._check_size(h * len(images), w)
+        stack = np.stack([im[..., None] if layout.gray else im for im in images])
+        if layout.channels == 4:
+            stack = np.stack([self._fill_under_alpha(im) for im in stack])
+        out = imaging.from_float(self._upscale_float(imaging.to_float(stack)), layout.dtype)
+        return [o[..., 0] if layout.gray else o for o in out]
+
+    def _fill_under_alpha(self, pixels: np.ndarray) -> np.ndarray:
+        """HxWx4 -> float32 HxWx4 with the colour under alpha == 0 filled from the visible neighbours, far
+        enough (receptive field + the bicubic support) that no visible output pixel sees the hidden colour."""
+        floats = imaging.to_float(pixels)
+        alpha = floats[..., 3]
+        if not (alpha == 0).any():
+            return floats
+        colour = imaging.fill_transparent(floats[..., :3], alpha, self.info.receptive_field + 2)
+        return np.concatenate([colour, floats[..., 3:]], axis=2)
+
+    def _upscale_tiled(
+        self, pixels: np.ndarray, dtype: np.dtype, on_tile: Callable[[], None] | None
+    ) -> np.ndarray:
+        h, w, channels = pixels.shape
+        s, multiple = self.info.scale, self.info.size_multiple
+        padded = imaging.pad_hw_to_multiple(pixels, multiple)
+        assert self.tile is not None
+        th, tw = self.tile if isinstance(self.tile, tuple) else (self.tile, self.tile)
+        fixed = self.info.static_shape is not None
+        if fixed:  # a static model cannot take a smaller tile: pad the image up to one
+            padded = imaging.pad_hw(padded, max(padded.shape[0], th), max(padded.shape[1], tw))
+        plan = tiling.plan_tiles(
+            padded.shape[0], padded.shape[1], tile=(th, tw), overlap=self.tile_overlap,
+            receptive_field=self.info.receptive_field, scale=s, multiple=multiple, fixed=fixed,
+        )
+
+        def process(tile: np.ndarray) -> np.ndarray:
+            return self._upscale_float(imaging.to_float(tile)[None])[0]
+
+        return tiling.run_tiled(
+            padded, plan, process, out_shape=(h * s, w * s), out_channels=channels, out_dtype=dtype,
+            on_tile=on_tile,
+        )
+
+    def tile_plan(self, height: int, width: int) -> tiling.TilePlan | None:
+        """The tiles an image of this size is cut into (None when not tiling), for progress and tests."""
+        if self.tile is None:
+            return None
+        multiple = self.info.size_multiple
+        ph, pw = height + (-height) % multiple, width + (-width) % multiple
+        th, tw = self.tile if isinstance(self.tile, tuple) else (self.tile, self.tile)
+        fixed = self.info.static_shape is not None
+        if fixed:
+            ph, pw = max(ph, th), max(pw, tw)
+        return tiling.plan_tiles(ph, pw, tile=(th, tw), overlap=self.tile_overlap,
+                                 receptive_field=self.info.receptive_field, scale=self.info.scale,
+                                 multiple=multiple, fixed=fixed)
+
+    def _upscale_float(self, pixels: np.ndarray) -> np.ndarray:
+        """NxHxWxC (C = 1, 3, 4) float32 in 0-1 -> Nx(sH)x(sW)xC float32; alpha upscaled on its own."""
+        _, h, w, channels = pixels.shape
         s = self.info.scale
-        self._check_size(h, w)
-        pixels = imaging.to_float(image)
-        if layout.gray:
-            pixels = pixels[..., None]
-        alpha = pixels[..., 3] if layout.channels == 4 else None
-        colour = pixels[..., :3] if layout.channels >= 3 else pixels
+        colour = pixels[..., :3] if channels >= 3 else pixels
         out = self._upscale_colour(colour)
-        if alpha is not None:
-            big_alpha = np.clip(imaging.resize_bicubic(alpha, h * s, w * s), 0.0, 1.0)
-            out = np.concatenate([out, big_alpha[..., None]], axis=2)
-        result = imaging.from_float(out, layout.dtype)
-        return result[..., 0] if layout.gray else result
+        if channels == 4:
+            big_alpha = np.stack([np.clip(imaging.resize_bicubic(a, h * s, w * s), 0.0, 1.0)
+                                  for a in pixels[..., 3]])
+            out = np.concatenate([out, big_alpha[..., None]], axis=3)
+        return out
 
     def _upscale_colour(self, colour: np.ndarray) -> np.ndarray:
-        """HxWx1 or HxWx3 float in 0-1 -> scaled, same channels."""
-        h, w, channels = colour.shape
+        """NxHxWx1 or NxHxWx3 float in 0-1 -> scaled, same channels."""
+        _, h, w, channels = colour.shape
         s = self.info.scale
         if self.info.color == Color.Y:
             if channels == 1:
@@ -122,12 +236,12 @@ class Upscaler:
                 return imaging.y_to_gray(y)
             ycc = imaging.rgb_to_ycbcr(colour)
             y = self._run_planes(ycc[..., :1])
-            chroma = imaging.resize_bicubic(ycc[..., 1:], h * s, w * s)
-            return imaging.ycbcr_to_rgb(np.concatenate([y, chroma], axis=2))
+            chroma = np.stack([imaging.resize_bicubic(c, h * s, w * s) for c in ycc[..., 1:]])
+            return imaging.ycbcr_to_rgb(np.concatenate([y, chroma], axis=3))
         if self.info.in_channels == 3:
             if channels == 1:
-                rgb = self._run_planes(np.repeat(colour, 3, axis=2))
-                return rgb.mean(axis=2, keepdims=True)
+                rgb = self._run_planes(np.repeat(colour, 3, axis=3))
+                return rgb.mean(axis=3, keepdims=True)
             return self._run_planes(colour)
         raise InputError(f"cannot feed a {channels}-channel image to a {self.info.in_channels}-channel model")
 
@@ -137,5 +251,5 @@ class Upscaler:
         if out_bytes > UNTILED_LIMIT_BYTES:
             raise InputError(
                 f"a {w}x{h} image upscaled x{s} needs about {out_bytes >> 30} GiB of float32 at once; "
-                "use tiling (--tile)"
+                "use tiling (--tile N or --tile auto; Upscaler(tile=...))"
             )

@@ -1,0 +1,77 @@
+"""One benchmark per model x backend x precision: model-call time (pytest-benchmark) and the parity gate.
+
+    pytest bench/ --benchmark-json bench.json            # everything installed
+    pytest bench/ -k "espcn and openvino"                # a subset
+    SRKIT_BENCH_ROUNDS=50 pytest bench/ -k espcn         # more rounds
+
+Each row also records fps, parity, GFLOP per call and achieved GFLOP/s in the benchmark's `extra_info`
+(`srkit bench` adds the measured peak).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from _suite import CASES, Case, prepare, reference, rounds
+
+from srkit.bench import metrics
+from srkit.bench.roofline import count_flops
+from srkit.bench.runner import PARITY_GATE_DB, benchmark_input, cpu_capabilities
+from srkit.runtime import Upscaler
+
+ROWS = [
+    ("ort", "fp32"),
+    ("ort", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+]
+
+
+def gate_db(case: Case, precision: str) -> float:
+    return PARITY_GATE_DB["int8"] if case.gan or precision == "int8" else PARITY_GATE_DB["float"]
+
+
+@pytest.mark.parametrize(("backend", "precision"), ROWS, ids=[f"{b}-{p}" for b, p in ROWS])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: str) -> None:
+    if backend not in Upscaler.available_backends():
+        pytest.skip(f"{backend} is not installed")
+    if precision == "bf16" and backend == "openvino" and "BF16" not in cpu_capabilities():
+        pytest.skip("this CPU has no bf16 arithmetic")
+    prepared = prepare(case)
+    model = prepared.onnx
+    if precision == "int8":
+        if backend not in prepared.int8:
+            pytest.skip(f"no int8 model of {case.name} for {backend}")
+        model = prepared.int8[backend]
+    extra = {"checkpoint": prepared.checkpoint} if backend == "torch" and prepared.checkpoint else {}
+    with Upscaler(model, backend=backend, precision=precision, **extra) as up:
+        _, x = benchmark_input(up.info, case.input_size)
+        out = up.run_model(x)  # warm-up at this shape, and the output the gate judges
+        parity_db, max_abs = metrics.parity(out, reference(prepared, x))
+        hw = out.shape[2] // up.scale, out.shape[3] // up.scale
+        gflops = count_flops(
+            model, (hw[0] + (-hw[0]) % up.info.size_multiple, hw[1] + (-hw[1]) % up.info.size_multiple)
+        ).gflops
+        benchmark.group = case.name
+        benchmark.extra_info.update(
+            {
+                "backend": backend,
+                "precision": up.describe()["precision"],
+                "input_size": list(case.input_size),
+                "parity_psnr_db": parity_db,
+                "parity_max_abs": max_abs,
+                "gflops": gflops,
+            }
+        )
+        benchmark.pedantic(up.run_model, args=(x,), warmup_rounds=1, rounds=rounds(case), iterations=1)
+    stats = benchmark.stats.stats if benchmark.stats else None
+    if stats is not None:
+        benchmark.extra_info["fps"] = 1.0 / stats.mean
+        benchmark.extra_info["achieved_gflops"] = gflops / stats.mean
+    gate = gate_db(case, precision)
+    assert parity_db >= gate, f"{case.name} {backend} {precision}: parity {parity_db:.2f} dB < gate {gate} dB"

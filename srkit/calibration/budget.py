@@ -1,0 +1,232 @@
+"""The PSNR budget: measure fp32 and int8 on held-out photos, and find the layers to keep in float.
+
+Two modes. GROUND_TRUTH (PSNR-trained models): PSNR-Y against the ground truth under the CONTRACT convention
+(LR by srkit.imaging.downscale_uint8, Y of BT.601, border = scale), and the int8 drop must stay within
+`max_drop_db`. PARITY (GAN-trained models, whose ground-truth PSNR is not the goal): PSNR-Y of the int8 output
+against the fp32 output must reach `min_parity_db`.
+
+Measurements run the ONNX files directly with onnxruntime or OpenVINO (calibration may not import runtime/);
+the pre/post-processing mirrors srkit.runtime.Upscaler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from srkit import imaging
+from srkit._optional import require
+from srkit.errors import InputError
+from srkit.meta import Color, ModelInfo
+
+PARITY_ARCHS = {"rrdbnet", "srvgg", "srvggnetcompact", "realesrgan"}
+DEFAULT_MAX_DROP_DB = 0.3
+DEFAULT_MIN_PARITY_DB = 35.0
+VALIDATION_MAX_SIDE = 384  # HR crop per photo: enough content to rank layers, cheap on 2 cores
+
+
+class BudgetMode(str, Enum):
+    GROUND_TRUTH = "drop"  # PSNR-Y vs ground truth, bounded drop
+    PARITY = "parity"  # PSNR-Y of int8 vs fp32 output, lower bound
+
+
+def default_mode(info: ModelInfo) -> BudgetMode:
+    return BudgetMode.PARITY if info.arch.lower() in PARITY_ARCHS else BudgetMode.GROUND_TRUTH
+
+
+@dataclass(frozen=True)
+class Budget:
+    mode: BudgetMode
+    max_drop_db: float = DEFAULT_MAX_DROP_DB
+    min_parity_db: float = DEFAULT_MIN_PARITY_DB
+
+    def describe(self) -> str:
+        if self.mode == BudgetMode.PARITY:
+            return f"parity with fp32 >= {self.min_parity_db:g} dB"
+        return f"PSNR-Y drop <= {self.max_drop_db:g} dB"
+
+
+@dataclass
+class Measurement:
+    fp32_psnr_y: float  # vs ground truth
+    int8_psnr_y: float
+    parity_db: float  # int8 vs fp32 output, Y channel
+
+    @property
+    def drop_db(self) -> float:
+        return self.fp32_psnr_y - self.int8_psnr_y
+
+    def holds(self, budget: Budget) -> bool:
+        if budget.mode == BudgetMode.PARITY:
+            return self.parity_db >= budget.min_parity_db
+        return self.drop_db <= budget.max_drop_db
+
+    def describe(self, budget: Budget) -> str:
+        if budget.mode == BudgetMode.PARITY:
+            return (f"parity {self.parity_db:.2f} dB "
+                    f"(PSNR-Y fp32 {self.fp32_psnr_y:.2f}, int8 {self.int8_psnr_y:.2f})")
+        return (f"PSNR-Y fp32 {self.fp32_psnr_y:.2f} dB, int8 {self.int8_psnr_y:.2f} dB, "
+                f"drop {self.drop_db:+.3f} dB")
+
+
+@dataclass(frozen=True)
+class ValidationImage:
+    name: str
+    hr: np.ndarray  # uint8 RGB, cropped to a multiple of scale x size_multiple
+    lr: np.ndarray
+
+
+def validation_set(images: dict[str, np.ndarray], info: ModelInfo,
+                   max_side: int = VALIDATION_MAX_SIDE) -> list[ValidationImage]:
+    """HR centre crops and their LR under the CONTRACT convention."""
+    step = info.scale * max(info.size_multiple, 1)
+    out = []
+    for name, image in images.items():
+        if image.dtype == np.uint16:
+            image = imaging.from_float(imaging.to_float(image), np.uint8)
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[..., :3]
+        h, w = (min(s, max_side) // step * step for s in image.shape[:2])
+        if h == 0 or w == 0:
+            raise InputError(f"validation image {name} is smaller than {step}x{step}")
+        top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+        hr = np.ascontiguousarray(image[top : top + h, left : left + w])
+        out.append(ValidationImage(name, hr, imaging.downscale_uint8(hr, info.scale)))
+    return out
+
+
+# ---- running an ONNX file ------------------------------------------------------------------------
+class OnnxRunner:
+    """Run an ONNX model on NCHW float32 with onnxruntime (CPU) or OpenVINO (CPU, f32 hint)."""
+
+    def __init__(self, path: Path, engine: str) -> None:
+        self.engine = engine
+        if engine == "openvino":
+            ov = require("openvino", extra="openvino")
+            core = ov.Core()
+            # f32 hint: otherwise the float layers would run bf16 on this CPU (openvino #19355)
+            compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                             "PERFORMANCE_HINT": "LATENCY"})
+            self._request: Any = compiled.create_infer_request()
+        else:
+            ort = require("onnxruntime", extra="ort")
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            self._session: Any = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self._name = self._session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.engine == "openvino":
+            self._request.infer({0: x})
+            return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        return np.asarray(self._session.run(None, {self._name: x})[0], dtype=np.float32)
+
+
+def upscale_u8(run: OnnxRunner, lr: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """uint8 RGB -> uint8 RGB, the runtime's Y / RGB handling."""
+    h, w = lr.shape[:2]
+    s = info.scale
+    rgb = imaging.to_float(lr)
+    if info.color == Color.Y:
+        ycc = imaging.rgb_to_ycbcr(rgb)
+        y = run(ycc[None, None, :, :, 0])[0, 0][..., None]
+        chroma = imaging.resize_bicubic(ycc[..., 1:], h * s, w * s)
+        out = imaging.ycbcr_to_rgb(np.concatenate([y, chroma], axis=2))
+    else:
+        out = run(rgb.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+    return imaging.from_float(out, np.uint8)
+
+
+def _psnr_y(a: np.ndarray, b: np.ndarray, scale: int) -> float:
+    # calibration may import srkit.bench.metrics (allowed in tests/test_layering.py): one PSNR definition
+    from srkit.bench.metrics import psnr_y
+
+    return psnr_y(a, b, scale)
+
+
+@dataclass
+class Reference:
+    """fp32 outputs on the validation set, computed once per quantize call."""
+
+    images: list[ValidationImage]
+    outputs: list[np.ndarray]
+    psnr_y: float
+
+
+def reference(model: Path, images: list[ValidationImage], info: ModelInfo, engine: str) -> Reference:
+    run = OnnxRunner(model, engine)
+    outputs = [upscale_u8(run, v.lr, info) for v in images]
+    psnr = float(np.mean([_psnr_y(o, v.hr, info.scale) for o, v in zip(outputs, images, strict=True)]))
+    return Reference(images, outputs, psnr)
+
+
+def measure(model: Path, ref: Reference, info: ModelInfo, engine: str) -> Measurement:
+    run = OnnxRunner(model, engine)
+    outs = [upscale_u8(run, v.lr, info) for v in ref.images]
+    psnr = float(np.mean([_psnr_y(o, v.hr, info.scale) for o, v in zip(outs, ref.images, strict=True)]))
+    # parity with border 0: every pixel counts; inf (identical) is capped so the mean stays finite
+    parity = [min(_psnr_y(o, r, 0), 99.0) for o, r in zip(outs, ref.outputs, strict=True)]
+    if not all(math.isfinite(p) for p in parity):
+        parity = [0.0]
+    return Measurement(ref.psnr_y, psnr, float(np.mean(parity)))
+
+
+# ---- which layers to keep in float ---------------------------------------------------------------
+@dataclass
+class Attempt:
+    kept_float: list[str]
+    measurement: Measurement
+    held: bool
+
+
+@dataclass
+class SearchLog:
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def describe(self, budget: Budget) -> str:
+        return "; ".join(f"float [{', '.join(a.kept_float) or 'none'}]: {a.measurement.describe(budget)}"
+                         for a in self.attempts)
+
+
+def sensitive_candidates(model: Path, limit: int = 4) -> list[str]:
+    """Conv node names in the order they are usually most sensitive in SR nets: the conv feeding the
+    upsampler (DepthToSpace / Resize) or the output, then the first conv, then the other convs nearest
+    the output. The search measures each addition; this only orders what it tries."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    if not convs:
+        return []
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    outputs = {o.name for o in graph.output}
+    before_up = [c.name for c in convs
+                 if any(op in ("DepthToSpace", "Resize") for op in consumers.get(c.output[0], []))
+                 or c.output[0] in outputs]
+    order = [*reversed(before_up), convs[0].name, *(c.name for c in reversed(convs))]
+    seen: list[str] = []
+    for name in order:
+        if name not in seen:
+            seen.append(name)
+    return seen[:limit]
+
+
+def resolve_budget(info: ModelInfo, mode: BudgetMode | str | None, max_drop_db: float | None,
+                   min_parity_db: float | None) -> Budget:
+    chosen = BudgetMode(mode) if mode else default_mode(info)
+    return Budget(chosen, DEFAULT_MAX_DROP_DB if max_drop_db is None else float(max_drop_db),
+                  DEFAULT_MIN_PARITY_DB if min_parity_db is None else float(min_parity_db))
+
+
+def summary(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none"

@@ -1,0 +1,83 @@
+"""OpenVINO int8 through NNCF post-training quantization.
+
+NNCF quantizes the ONNX model itself (its ONNX backend) and the result is an ONNX file with Q/DQ nodes placed
+for OpenVINO's CPU plugin, which OpenVINO runs as int8 (measured: the same speed as NNCF on the OpenVINO IR).
+Keeping ONNX means the srkit metadata travels in `metadata_props`, so `srkit info`, the runtime and the bench
+read the quantized model like any other; OpenVINO IR would need its own metadata reader.
+
+Methods: `performance` (symmetric activations, NNCF's default for CNNs), `mixed` (asymmetric activations),
+and `accuracy-control` (nncf.quantize_with_accuracy_control with a PSNR validation function and max drop).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from srkit._optional import require
+from srkit.calibration.dataset import CalibrationDataset
+from srkit.errors import InputError
+
+
+class NncfMethod(str, Enum):
+    PERFORMANCE = "performance"
+    MIXED = "mixed"
+    ACCURACY_CONTROL = "accuracy-control"
+
+    @classmethod
+    def parse(cls, value: str | None) -> NncfMethod:
+        try:
+            return cls((value or "performance").lower())
+        except ValueError:
+            raise InputError(f"unknown OpenVINO (NNCF) method {value!r}; choose one of: "
+                             + ", ".join(m.value for m in cls)) from None
+
+
+def _common(nncf: Any, method: NncfMethod, dataset: CalibrationDataset, input_name: str,
+            nodes_to_exclude: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    data = nncf.Dataset(list(dataset.get_data()), lambda x: {input_name: x})
+    presets = nncf.QuantizationPreset
+    preset = presets.MIXED if method == NncfMethod.MIXED else presets.PERFORMANCE
+    kwargs: dict[str, Any] = {"preset": preset, "target_device": nncf.TargetDevice.CPU,
+                              "subset_size": len(dataset)}
+    if nodes_to_exclude:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(nodes_to_exclude))
+    return data, kwargs
+
+
+def quantize_nncf(model: Path, output: Path, dataset: CalibrationDataset, *, method: NncfMethod,
+                  nodes_to_exclude: Sequence[str] = ()) -> None:
+    import onnx
+
+    nncf = require("nncf", extra="quant", purpose="OpenVINO int8")
+    proto = onnx.load(str(model))
+    data, kwargs = _common(nncf, method, dataset, proto.graph.input[0].name, nodes_to_exclude)
+    quantized = nncf.quantize(proto, data, **kwargs)
+    onnx.save(quantized, str(output))
+
+
+def quantize_nncf_accuracy_control(model: Path, output: Path, dataset: CalibrationDataset, *,
+                                   validation: Sequence[Any], metric: Callable[[Path], float],
+                                   max_drop: float, nodes_to_exclude: Sequence[str] = ()) -> None:
+    """NNCF's accuracy-controlled mode: quantize, then return layers to float, most sensitive first (ranked
+    by NNCF), until `metric` (higher is better, here PSNR in dB) drops by at most `max_drop`."""
+    import onnx
+
+    nncf = require("nncf", extra="quant", purpose="OpenVINO int8")
+    proto = onnx.load(str(model))
+    data, kwargs = _common(nncf, NncfMethod.PERFORMANCE, dataset, proto.graph.input[0].name, nodes_to_exclude)
+
+    def validate(candidate: Any, _items: Any) -> tuple[float, None]:
+        with tempfile.TemporaryDirectory(prefix="srkit-nncf-") as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            onnx.save(candidate, str(path))
+            return metric(path), None
+
+    quantized = nncf.quantize_with_accuracy_control(
+        proto, data, nncf.Dataset(list(validation)), validate, max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, **kwargs,
+    )
+    onnx.save(quantized, str(output))

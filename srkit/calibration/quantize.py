@@ -1,0 +1,247 @@
+"""One entry point for int8: calibrate, quantize for a backend, measure the PSNR cost, keep sensitive layers
+in float until the budget holds (or fail with the numbers), and write the model atomically with its facts
+in the srkit metadata (`srkit.quant_*`, precision int8)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from srkit._fs import atomic_path, refuse_overwriting_inputs
+from srkit.calibration import budget as B
+from srkit.calibration.dataset import (
+    BUILTIN_VALIDATION,
+    DEFAULT_PATCH,
+    DEFAULT_SAMPLES,
+    CalibrationDataset,
+    calibration_dataset,
+)
+from srkit.errors import InputError, ParityError
+from srkit.meta import ModelInfo, Precision, read_model_info
+
+
+class QuantBackend(str, Enum):
+    ORT = "ort"
+    OPENVINO = "openvino"
+    TRT = "trt"
+
+    @classmethod
+    def parse(cls, value: str | QuantBackend) -> QuantBackend:
+        try:
+            return cls(str(value.value if isinstance(value, QuantBackend) else value).lower())
+        except ValueError:
+            raise InputError(f"unknown quantization backend {value!r}; choose one of: "
+                             + ", ".join(b.value for b in cls)) from None
+
+    @property
+    def engine(self) -> str:
+        """What runs the measurements: TensorRT needs a GPU, so its Q/DQ model is measured on ONNX Runtime."""
+        return "openvino" if self == QuantBackend.OPENVINO else "ort"
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    info: ModelInfo
+    backend: QuantBackend
+    method: str
+    budget: B.Budget
+    measurement: B.Measurement
+    kept_float: list[str]
+    calibration: str
+    validation: list[str]
+    log: B.SearchLog = field(default_factory=B.SearchLog)
+    seconds: float = 0.0
+
+
+def _method_name(backend: QuantBackend, method: str | None) -> str:
+    if backend == QuantBackend.OPENVINO:
+        from srkit.calibration.openvino import NncfMethod
+
+        return NncfMethod.parse(method).value
+    from srkit.calibration.ort import CalibrationMethod
+
+    return CalibrationMethod.parse(method).value
+
+
+def _quantize_once(backend: QuantBackend, method: str, model: Path, out: Path, data: CalibrationDataset,
+                   kept: list[str]) -> None:
+    if backend == QuantBackend.OPENVINO:
+        from srkit.calibration.openvino import NncfMethod, quantize_nncf
+
+        quantize_nncf(model, out, data, method=NncfMethod(method), nodes_to_exclude=kept)
+    elif backend == QuantBackend.TRT:
+        from srkit.calibration.ort import CalibrationMethod
+        from srkit.calibration.tensorrt import quantize_trt
+
+        quantize_trt(model, out, data, method=CalibrationMethod(method), nodes_to_exclude=kept)
+    else:
+        from srkit.calibration.ort import CalibrationMethod, quantize_ort
+
+        quantize_ort(model, out, data, method=CalibrationMethod(method), nodes_to_exclude=kept)
+
+
+def _validation_images(builtin: bool) -> dict[str, object]:
+    from srkit.data import held_out_images
+
+    images = held_out_images()
+    # the built-in calibration uses one held-out photo; measure on the others only
+    return {k: v for k, v in images.items() if not builtin or k in BUILTIN_VALIDATION}
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """NNCF logs INFO lines and ORT's quantizer a pre-processing hint for every attempt; the search prints
+    its own summary. Raise their loggers' levels for the duration only, and restore them."""
+    loggers = [logging.getLogger("nncf"), logging.getLogger()]
+    saved = [lg.level for lg in loggers]
+    drop_info = logging.Filter("srkit-quiet")  # never matches a library record name: drops them all
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    loggers[0].addFilter(drop_info)  # NNCF resets its logger's level while it runs; a filter stays
+    try:
+        yield
+    finally:
+        loggers[0].removeFilter(drop_info)
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)
+
+
+def _write(src: Path, output: Path, info: ModelInfo, result_facts: dict[str, str]) -> ModelInfo:
+    import onnx
+
+    proto = onnx.load(str(src))
+    qinfo = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props} | info.to_props())
+    qinfo.precision = Precision.INT8
+    qinfo.extra = {**{k: v for k, v in info.extra.items() if not k.startswith("quant_")}, **result_facts}
+    del proto.metadata_props[:]
+    for key, value in qinfo.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    with atomic_path(output) as tmp:
+        onnx.save(proto, str(tmp))
+    return qinfo
+
+
+def quantize(model: str | Path, output: str | Path | None = None, *, calibration: str | Path | None = None,
+             backend: str | QuantBackend = QuantBackend.ORT, method: str | None = None,
+             max_psnr_drop: float | None = None, min_parity_db: float | None = None,
+             budget_mode: str | B.BudgetMode | None = None, samples: int = DEFAULT_SAMPLES,
+             patch: int = DEFAULT_PATCH, seed: int = 0, max_float_layers: int = 4,
+             progress: Callable[[str], None] | None = None) -> QuantizeResult:
+    """Quantize an fp32 srkit ONNX model to int8 for `backend`, within a PSNR budget.
+
+    `calibration`: a folder of images (None: the built-in CC0 photos, and the budget is then measured on the
+    held-out photos not used for calibration). Raises ParityError with both PSNRs and the layers tried when
+    the budget cannot be met; nothing is written then.
+    """
+    start = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    model = Path(model)
+    info = read_model_info(model)
+    if info.precision != Precision.FP32:
+        raise InputError(f"{model} is {info.precision.value}; quantize the fp32 model")
+    qbackend = QuantBackend.parse(backend)
+    method_name = _method_name(qbackend, method)
+    # the default name is where `srkit bench` looks for a model's int8 sibling
+    out = Path(output) if output else model.with_name(f"{model.stem}-int8-{qbackend.value}.onnx")
+    refuse_overwriting_inputs(out, [model])
+    from srkit._fs import check_writable
+
+    check_writable(out)
+    budget = B.resolve_budget(info, budget_mode, max_psnr_drop, min_parity_db)
+
+    data = calibration_dataset(calibration, info, samples=samples, patch=patch, seed=seed)
+    say(f"calibration: {data.description}")
+    images = _validation_images(builtin=calibration is None)
+    valid = B.validation_set(images, info)  # type: ignore[arg-type]
+    ref = B.reference(model, valid, info, qbackend.engine)
+    log = B.SearchLog()
+    with tempfile.TemporaryDirectory(prefix="srkit-quant-") as tmp, _quiet_libraries():
+        if method_name == "accuracy-control":
+            candidate = Path(tmp) / "int8.onnx"
+            _, measurement = _accuracy_control(model, candidate, data, ref, info, budget, log)
+        else:
+            _, measurement, candidate = _search(qbackend, method_name, model, Path(tmp), data, ref, info,
+                                                budget, log, max_float_layers, say)
+        from srkit.calibration.tensorrt import check_qdq
+
+        float_convs = check_qdq(candidate).float_convs
+        facts = {
+            "quant_backend": qbackend.value,
+            "quant_method": method_name,
+            "quant_samples": str(len(data)),
+            "quant_calibration": data.description,
+            "quant_float_layers": json.dumps(float_convs),
+            "quant_budget": budget.describe(),
+            "quant_fp32_psnr_y": f"{measurement.fp32_psnr_y:.3f}",
+            "quant_int8_psnr_y": f"{measurement.int8_psnr_y:.3f}",
+            "quant_psnr_drop_db": f"{measurement.drop_db:.3f}",
+            "quant_parity_db": f"{measurement.parity_db:.2f}",
+            "quant_validation": ",".join(v.name for v in valid),
+        }
+        qinfo = _write(candidate, out, info, facts)
+    return QuantizeResult(out, qinfo, qbackend, method_name, budget, measurement, float_convs,
+                          data.description, [v.name for v in valid], log, time.perf_counter() - start)
+
+
+def _search(backend: QuantBackend, method: str, model: Path, tmp: Path, data: CalibrationDataset,
+            ref: B.Reference, info: ModelInfo, budget: B.Budget, log: B.SearchLog, max_float_layers: int,
+            say: Callable[[str], None]) -> tuple[list[str], B.Measurement, Path]:
+    """Quantize everything. If the budget fails, measure each candidate conv kept alone in float (a measured
+    sensitivity ranking), then keep convs in float in that order, one more at a time, until it holds."""
+
+    def attempt(kept: list[str]) -> tuple[B.Measurement, Path]:
+        path = tmp / f"attempt-{len(log.attempts)}.onnx"
+        _quantize_once(backend, method, model, path, data, kept)
+        m = B.measure(path, ref, info, backend.engine)
+        held = m.holds(budget)
+        log.attempts.append(B.Attempt(list(kept), m, held))
+        say(f"float [{B.summary(kept)}]: {m.describe(budget)}" + ("" if held else " - over budget"))
+        return m, path
+
+    def score(m: B.Measurement) -> float:
+        return m.parity_db if budget.mode == B.BudgetMode.PARITY else -m.drop_db
+
+    m, path = attempt([])
+    if m.holds(budget):
+        return [], m, path
+    singles = {name: attempt([name]) for name in B.sensitive_candidates(model, limit=max_float_layers)}
+    ranked = sorted(singles, key=lambda name: score(singles[name][0]), reverse=True)
+    for name in ranked:  # the best single layer that meets the budget alone
+        if singles[name][0].holds(budget):
+            return [name], *singles[name]
+    for n in range(2, len(ranked) + 1):
+        m, path = attempt(ranked[:n])
+        if m.holds(budget):
+            return ranked[:n], m, path
+    raise ParityError(f"int8 cannot meet the budget ({budget.describe()}); tried "
+                      + log.describe(budget) + "; no model written")
+
+
+def _accuracy_control(model: Path, candidate: Path, data: CalibrationDataset, ref: B.Reference,
+                      info: ModelInfo, budget: B.Budget, log: B.SearchLog) -> tuple[list[str], B.Measurement]:
+    from srkit.calibration.openvino import quantize_nncf_accuracy_control
+
+    def metric(path: Path) -> float:
+        m = B.measure(path, ref, info, "openvino")
+        return m.parity_db if budget.mode == B.BudgetMode.PARITY else m.int8_psnr_y
+
+    # NNCF bounds a drop from the fp32 metric; fp32 parity with itself is capped at 99 dB by measure()
+    parity = budget.mode == B.BudgetMode.PARITY
+    max_drop = 99.0 - budget.min_parity_db if parity else budget.max_drop_db
+    quantize_nncf_accuracy_control(model, candidate, data, validation=ref.images, metric=metric,
+                                   max_drop=max_drop)
+    m = B.measure(candidate, ref, info, "openvino")
+    held = m.holds(budget)
+    log.attempts.append(B.Attempt(["(chosen by NNCF)"], m, held))
+    if not held:
+        raise ParityError(f"int8 cannot meet the budget ({budget.describe()}): {m.describe(budget)}; "
+                          "no model written")
+    return [], m

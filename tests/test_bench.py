@@ -1,0 +1,233 @@
+"""The bench pieces: FLOP counting, the report's JSON schema, Markdown, plot, size presets, metric agreement.
+
+Speed is never asserted here; `pytest bench/` is the benchmark suite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from srkit.bench import metrics
+from srkit.bench.dataset import load_pairs
+from srkit.bench.report import passes_gate, recommend, render_markdown, render_summary
+from srkit.bench.roofline import count_flops, roofline
+from srkit.bench.runner import (
+    BenchConfig,
+    find_int8_model,
+    plan_variants,
+    run_bench,
+    size_for_output,
+)
+from srkit.errors import InputError
+from srkit.meta import read_model_info
+from srkit.runtime import Upscaler
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def _small_graph(path: Path) -> Path:
+    """Conv 1->8 5x5, Tanh, Conv 8->4 3x3 (group 2), ConvTranspose 4->2 2x2 stride 2, DepthToSpace, Add."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 1, 5, 5)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((8,)).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.standard_normal((4, 2, 2, 2)).astype(np.float32), "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[2, 2, 2, 2]),
+        helper.make_node("Tanh", ["c1"], ["t1"]),
+        helper.make_node("Conv", ["t1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=2),
+        helper.make_node("ConvTranspose", ["c2", "w3"], ["c3"], strides=[2, 2]),
+        helper.make_node("DepthToSpace", ["c3"], ["d"], blocksize=1, mode="CRD"),
+        helper.make_node("Add", ["d", "d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_flop_count_matches_the_hand_count(tmp_path: Path) -> None:
+    h, w = 12, 20
+    count = count_flops(_small_graph(tmp_path / "g.onnx"), (h, w))
+    conv1 = 2 * (8 * h * w) * (1 * 5 * 5)
+    conv2 = 2 * (4 * h * w) * (4 * 3 * 3)  # group 2: each output sees Cin/group = 4 of the 8 channels
+    deconv = 2 * (4 * h * w) * (2 * 2 * 2)  # each input pixel scatters Cout x k x k
+    elementwise = 8 * h * w + 2 * (2 * h) * (2 * w)  # Tanh on c1, Add on the 2-channel 2h x 2w output
+    assert count.conv == conv1 + conv2 + deconv
+    assert count.minor == elementwise
+    assert count.by_op["ConvTranspose"] == deconv
+    assert not count.unknown
+
+
+def test_flop_count_of_the_bundled_espcn(espcn_x3_onnx: Path) -> None:
+    info = read_model_info(espcn_x3_onnx)
+    feat, feat2, cin, s = info.params["feat"], info.params["feat2"], info.in_channels, info.scale
+    h, w = 30, 40
+    macs_per_pixel = cin * feat * 25 + feat * feat2 * 9 + feat2 * cin * s * s * 9
+    assert count_flops(espcn_x3_onnx, (h, w)).conv == 2 * macs_per_pixel * h * w
+
+
+def test_roofline_keys() -> None:
+    from srkit.bench.roofline import Peak
+
+    keys = roofline(2e9, 10.0, Peak(100.0, "conv", {"conv": 100.0}, "test"))
+    assert keys["gflops"] == 2.0 and keys["achieved_gflops"] == 20.0
+    assert keys["pct_of_peak"] == pytest.approx(20.0)
+    assert roofline(2e9, None, None)["pct_of_peak"] is None
+
+
+def test_size_presets() -> None:
+    info = read_model_info_stub(scale=3)
+    assert size_for_output(info, "1080p") == (640, 360)
+    assert size_for_output(info, "720P") == (427, 240)
+    assert size_for_output(info, "4k") == (1280, 720)
+    assert size_for_output(info, "100x50") == (100, 50)
+    for bad in ("big", "0x10", "10x", "-5x5"):
+        with pytest.raises(InputError):
+            size_for_output(info, bad)
+
+
+def read_model_info_stub(scale: int):
+    from srkit.meta import Color, ModelInfo
+
+    return ModelInfo(arch="espcn", scale=scale, in_channels=1, color=Color.Y)
+
+
+def test_every_backend_gets_every_precision_it_supports(espcn_x3_onnx: Path) -> None:
+    info = read_model_info(espcn_x3_onnx)
+    config = BenchConfig(model=espcn_x3_onnx, backends=Upscaler.available_backends(), precision="all")
+    variants = plan_variants(config, info)
+    by_backend: dict[str, set[str]] = {}
+    for v in variants:
+        by_backend.setdefault(v.backend, set()).add(v.precision)
+    for backend in Upscaler.available_backends():
+        assert "fp32" in by_backend[backend]
+    if "torch" in by_backend:
+        assert by_backend["torch"] & {"bf16", "fp16"}
+
+
+def test_int8_siblings_are_found_per_backend(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert find_int8_model(model, "ort") is None
+    (tmp_path / "m-int8-openvino.onnx").write_bytes(b"")
+    (tmp_path / "m-int8.onnx").write_bytes(b"")
+    assert find_int8_model(model, "openvino") == tmp_path / "m-int8-openvino.onnx"
+    assert find_int8_model(model, "ort") == tmp_path / "m-int8.onnx"
+    info = read_model_info_stub(scale=3)
+    with pytest.raises(InputError, match="not found"):
+        plan_variants(BenchConfig(model=model, backends=["ort"], int8_model=tmp_path / "nope.onnx"), info)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(espcn_x3_onnx: Path) -> dict:
+    """A real run on ONNX Runtime in a spawned process, tiny shapes and times."""
+    config = BenchConfig(
+        model=espcn_x3_onnx,
+        backends=["ort"],
+        precision="fp32",
+        input_size=(48, 32),
+        min_time_s=0.05,
+        peak_min_time_s=0.05,
+        threads=1,
+    )
+    return run_bench(config)
+
+
+def test_report_schema(tiny_report: dict) -> None:
+    report = json.loads(json.dumps(tiny_report, allow_nan=False))  # strict JSON: no NaN/Infinity
+    assert {"model", "machine", "settings", "results"} <= set(report)
+    assert report["model"]["scale"] == 3
+    (r,) = report["results"]
+    assert r["error"] is None
+    assert (r["backend"], r["device"], r["precision"]) == ("ort", "cpu", "fp32")
+    assert r["input_size"] == [48, 32]
+    floats = [
+        "fps",
+        "e2e_fps",
+        "compile_s",
+        "peak_rss_mb",
+        "psnr_y",
+        "ssim_y",
+        "bicubic_psnr_y",
+        "parity_max_abs",
+        "gflops",
+        "achieved_gflops",
+        "peak_gflops",
+        "pct_of_peak",
+    ]
+    for key in floats:
+        assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, key
+    assert r["fps"] > 0 and r["peak_gflops"] > 0 and r["peak_rss_mb"] > 0
+    assert set(r["latency_ms"]) == {"p50", "p95"} and r["latency_ms"]["p95"] >= r["latency_ms"]["p50"]
+    assert isinstance(r["nan_count"], int) and r["nan_count"] == 0
+    # ORT fp32 against PyTorch fp32: the export gate's tolerance holds here too
+    assert r["parity_max_abs"] <= 1e-4
+    assert r["parity_psnr_db"] is None or r["parity_psnr_db"] > 60
+    assert r["achieved_gflops"] == pytest.approx(r["gflops"] * r["fps"], rel=0.01)
+    assert report["settings"]["reference"] == "PyTorch fp32"
+
+
+def test_psnr_y_agrees_with_the_metrics_module(tiny_report: dict, espcn_x3_onnx: Path) -> None:
+    (r,) = tiny_report["results"]
+    pairs = load_pairs(3)
+    with Upscaler(espcn_x3_onnx, backend="ort") as up:
+        psnrs = [metrics.psnr_y(up.upscale(p.lr), p.hr, 3) for p in pairs]
+        bicubic = [metrics.psnr_y(__import__("srkit").imaging.upscale_uint8(p.lr, 3), p.hr, 3) for p in pairs]
+    assert r["psnr_y"] == pytest.approx(float(np.mean(psnrs)), abs=1e-3)
+    assert r["bicubic_psnr_y"] == pytest.approx(float(np.mean(bicubic)), abs=1e-3)
+
+
+def test_markdown_and_summary_render(tiny_report: dict) -> None:
+    md = render_markdown(tiny_report)
+    lines = md.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("| backend"))
+    assert lines[header + 1].startswith("|---")
+    row = lines[header + 2]
+    assert row.startswith("| ort | cpu | fp32 |") and row.count("|") == lines[header].count("|")
+    assert "peak RSS" in md and "Recommended here: **ort fp32**" in md
+    summary = render_summary(tiny_report)
+    assert "recommended here: ort fp32" in summary
+
+
+def test_recommendation_respects_the_parity_gates(tiny_report: dict) -> None:
+    report = json.loads(json.dumps(tiny_report))
+    (base,) = report["results"]
+    fast_bad = {**base, "precision": "int8", "fps": base["fps"] * 10, "parity_psnr_db": 30.0}
+    fast_nan = {**base, "precision": "bf16", "fps": base["fps"] * 20, "nan_count": 3}
+    report["results"] += [fast_bad, fast_nan]
+    assert not passes_gate(report, fast_bad) and not passes_gate(report, fast_nan)
+    assert recommend(report)["precision"] == "fp32"
+    fast_bad["parity_psnr_db"] = 36.0  # the int8 gate is 35 dB
+    assert recommend(report)["precision"] == "int8"
+
+
+def test_plot_is_a_png(tiny_report: dict, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from srkit.bench.plot import write_plot
+
+    out = write_plot(tiny_report, tmp_path / "r.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*part*"))  # written atomically
+
+
+def test_cli_rejects_a_bad_size(espcn_x3_onnx: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from srkit.cli.main import run
+
+    assert run(["bench", "-m", str(espcn_x3_onnx), "--size", "huge"]) == 2
+    assert "srkit: error: --size" in capsys.readouterr().err
+    assert run(["bench", "-m", str(espcn_x3_onnx), "--int8-model", "no-such-int8.onnx"]) == 2
+    assert "srkit: error: --int8-model no-such-int8.onnx not found" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from srkit.errors import UnsupportedModelError  # noqa: E402
+from srkit.models import registry, zoo  # noqa: E402
+from srkit.models.espcn import ESPCN  # noqa: E402
+from srkit.models.fsrcnn import FSRCNN  # noqa: E402
+from srkit.models.srcnn import SRCNN  # noqa: E402
+
+
+@pytest.mark.parametrize("module,scale", [(ESPCN(2), 2), (ESPCN(3), 3), (ESPCN(4), 4), (SRCNN(3), 3),
+                                          (FSRCNN(2), 2), (FSRCNN(3), 3), (FSRCNN(4), 4)])
+def test_output_is_scale_times_input(module: torch.nn.Module, scale: int) -> None:
+    out = module(torch.rand(2, 1, 13, 21))
+    assert out.shape == (2, 1, 13 * scale, 21 * scale)
+
+
+def test_espcn_is_the_paper_network() -> None:
+    m = ESPCN(3)
+    assert [c.kernel_size for c in (m.conv1, m.conv2, m.conv3)] == [(5, 5), (3, 3), (3, 3)]
+    assert [c.out_channels for c in (m.conv1, m.conv2, m.conv3)] == [64, 32, 9]
+
+
+def test_fsrcnn_hyperparameters() -> None:
+    m = FSRCNN(3)
+    assert m.feature[0].out_channels == 56 and m.mapping[0].out_channels == 12
+    assert sum(isinstance(x, torch.nn.Conv2d) for x in m.mapping) == 4 + 2
+    assert isinstance(m.deconv, torch.nn.ConvTranspose2d) and m.deconv.kernel_size == (9, 9)
+
+
+@pytest.mark.parametrize("arch,params", [("espcn", {"scale": 4, "in_channels": 3}),
+                                         ("fsrcnn", {"scale": 3, "d": 32, "s": 8, "m": 2}),
+                                         ("srcnn", {"scale": 3})])
+def test_detection_recovers_hyperparameters(arch: str, params: dict) -> None:
+    spec = registry.get(arch)
+    full = {**spec.defaults, **params}
+    sd = spec.build(full).state_dict()
+    found, detected = registry.detect(sd)
+    assert found.name == arch
+    for key, value in detected.items():
+        assert full[key] == value, key
+
+
+def test_unknown_weights_list_what_is_supported() -> None:
+    classifier = torch.nn.Sequential(torch.nn.Linear(10, 2)).state_dict()
+    with pytest.raises(UnsupportedModelError, match="supported: .*espcn"):
+        registry.detect(classifier)
+
+
+def test_bundled_zoo_records_how_weights_were_made() -> None:
+    names = set(zoo.entries())
+    assert {"espcn-x2", "espcn-x3", "espcn-x4", "srcnn-x3", "fsrcnn-x3"} <= names
+    for entry in zoo.entries().values():
+        assert entry.weights.is_file()
+        training, validation = entry.record["training"], entry.record["validation"]
+        assert training["seed"] == 0 and training["steps"] > 0 and training["wall_s"] > 0
+        assert set(validation["held_out"]).isdisjoint(training["images"])
+        assert validation["psnr_y"] > validation["bicubic_psnr_y"], entry.name
+
+
+def test_bundled_espcn_x3_beats_bicubic_by_one_db() -> None:
+    assert zoo.get("espcn-x3").psnr_gain_db >= 1.0

@@ -1,0 +1,169 @@
+"""int8 quantization end to end on the bundled ESPCN x3: ORT QDQ, OpenVINO (NNCF), the TensorRT Q/DQ model,
+the PSNR budget, metadata, atomic writes, and `--precision int8` in the runtime. Few, small calibration
+patches keep it fast; speed is measured in the notes, never asserted here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from srkit.calibration import quantize
+from srkit.calibration.budget import BudgetMode, default_mode, sensitive_candidates
+from srkit.calibration.tensorrt import check_qdq
+from srkit.cli.main import run
+from srkit.errors import InputError, ParityError
+from srkit.meta import Precision, read_model_info
+
+FAST = {"samples": 8, "patch": 32}
+
+
+@pytest.fixture(scope="module")
+def ort_int8(espcn_x3_onnx: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("q") / "espcn-int8.onnx"
+    return quantize(espcn_x3_onnx, out, backend="ort", max_psnr_drop=0.3, **FAST)
+
+
+def test_ort_int8_meets_the_budget_and_records_it(ort_int8) -> None:
+    info = read_model_info(ort_int8.path)
+    assert info.precision == Precision.INT8
+    m = ort_int8.measurement
+    assert m.drop_db <= 0.3 and np.isfinite(m.fp32_psnr_y) and np.isfinite(m.int8_psnr_y)
+    assert info.extra["quant_method"] == "minmax" and info.extra["quant_samples"] == "8"
+    assert float(info.extra["quant_psnr_drop_db"]) == pytest.approx(m.drop_db, abs=1e-3)
+    assert json.loads(info.extra["quant_float_layers"]) == ort_int8.kept_float
+    assert set(ort_int8.validation) == {"chelsea", "coffee"}  # rocket calibrated the built-in run
+    ops = [n.op_type for n in onnx.load(str(ort_int8.path)).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+@pytest.mark.parametrize("backend", ["ort", "openvino"])
+def test_int8_model_runs_with_precision_int8(ort_int8, backend: str, sample_rgb: np.ndarray) -> None:
+    from srkit.runtime import Upscaler
+
+    if backend not in Upscaler.available_backends():
+        pytest.skip(f"{backend} is not installed")
+    with Upscaler(ort_int8.path, backend=backend, precision="int8") as up:
+        out = up.upscale(sample_rgb[:40, :50])
+    assert out.shape == (120, 150, 3) and out.dtype == np.uint8
+
+
+def test_fp32_model_refuses_int8_on_ort(espcn_x3_onnx: Path) -> None:
+    from srkit.runtime import Upscaler
+
+    up = Upscaler(espcn_x3_onnx, backend="ort", precision="int8")
+    with pytest.raises(InputError, match="quantize"), up:
+        up.upscale(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_tensorrt_qdq_model_is_symmetric_with_float_upsampler(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    result = quantize(espcn_x3_onnx, tmp_path / "trt.onnx", backend="trt", **FAST)
+    model = onnx.load(str(result.path))
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:  # every zero point is 0 and activations/weights are signed int8
+        zp = inits[node.input[2]]
+        assert not zp.any(), node.name
+        assert zp.dtype == (np.int32 if node.input[0].endswith("bias_quantized") else np.int8), node.name
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    quantized = [c for c in convs if all(producer[i].op_type == "DequantizeLinear" for i in c.input[:2])]
+    assert len(quantized) == len(convs) - len(result.kept_float) >= 1
+    d2s = [n for n in graph.node if n.op_type == "DepthToSpace"]
+    assert d2s and all(producer[n.input[0]].op_type == "Conv" for n in d2s)  # no Q/DQ into the upsampler
+    assert not any(producer.get(i) is not None and producer[i].op_type == "QuantizeLinear"
+                   for n in d2s for i in n.input)
+    assert check_qdq(model).problems == []
+
+
+def test_openvino_nncf_meets_the_budget(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    result = quantize(espcn_x3_onnx, tmp_path / "ov.onnx", backend="openvino", max_psnr_drop=0.3, **FAST)
+    assert result.measurement.drop_db <= 0.3
+    info = read_model_info(result.path)
+    assert info.precision == Precision.INT8 and info.extra["quant_backend"] == "openvino"
+    # each layer the search kept in float is really float in the written graph
+    assert set(result.kept_float) <= set(check_qdq(result.path).float_convs)
+
+
+def test_unmeetable_budget_fails_with_numbers_and_writes_nothing(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never.onnx"
+    with pytest.raises(ParityError) as err:
+        quantize(espcn_x3_onnx, out, backend="ort", budget_mode="parity", min_parity_db=150.0,
+                 max_float_layers=1, **FAST)
+    text = str(err.value)
+    assert "parity with fp32 >= 150 dB" in text and "float [none]" in text and "/conv" in text
+    assert "dB" in text and "no model written" in text
+    assert list(tmp_path.iterdir()) == []  # no half-written model, no temp file
+
+
+def test_gan_archs_default_to_parity_and_candidates_are_convs(espcn_x3_onnx: Path) -> None:
+    info = read_model_info(espcn_x3_onnx)
+    assert default_mode(info) == BudgetMode.GROUND_TRUTH
+    info.arch = "srvgg"
+    assert default_mode(info) == BudgetMode.PARITY
+    names = sensitive_candidates(espcn_x3_onnx)
+    assert names[0] == "/conv3/Conv" and "/conv1/Conv" in names  # the conv feeding DepthToSpace first
+
+
+def test_cli_quantize_reports_and_fails_cleanly(espcn_x3_onnx: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(["quantize", str(espcn_x3_onnx), "--calib", str(empty), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "srkit: error: calibration folder" in capsys.readouterr().err
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 99, np.uint8)).save(gray / "g.png")
+    out = tmp_path / "y.onnx"
+    rc = run(["quantize", str(espcn_x3_onnx), "--calib", str(gray), "-o", str(out), "--samples", "4",
+              "--patch", "16", "--max-psnr-drop", "5"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "1 gray" in captured.out and "drop" in captured.out and out.is_file()
+
+
+@pytest.mark.slow
+def test_openvino_accuracy_control_meets_the_budget(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    result = quantize(espcn_x3_onnx, tmp_path / "ac.onnx", backend="openvino", method="accuracy-control",
+                      max_psnr_drop=0.3, samples=16, patch=48)
+    assert result.method == "accuracy-control" and result.measurement.drop_db <= 0.3
+    assert read_model_info(result.path).extra["quant_method"] == "accuracy-control"
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_tensorrt_runs_the_qdq_model(espcn_x3_onnx: Path, tmp_path: Path, sample_rgb: np.ndarray) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT needs an NVIDIA GPU; the Q/DQ structure is tested above")
+    from srkit.runtime import Upscaler
+
+    result = quantize(espcn_x3_onnx, tmp_path / "trt.onnx", backend="trt", **FAST)
+    with Upscaler(result.path, backend="trt", device="cuda", precision="int8") as up:
+        out = up.upscale(sample_rgb[:40, :50])
+    assert out.shape == (120, 150, 3)
+
+
+@pytest.mark.parametrize(("backend", "method"),
+                         [("ort", "entropy"), ("ort", "percentile"), ("trt", "percentile")])
+def test_histogram_calibrators(espcn_x3_onnx: Path, tmp_path: Path, backend: str, method: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    result = quantize(espcn_x3_onnx, tmp_path / "m.onnx", backend=backend, method=method, **FAST)
+    assert result.measurement.holds(result.budget)
+    assert read_model_info(result.path).extra["quant_method"] == method
+    assert capsys.readouterr().out == ""  # ORT's calibrator chatter stays out of stdout
+
+
+def test_unknown_method_is_an_input_error(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="choose one of: performance, mixed, accuracy-control"):
+        quantize(espcn_x3_onnx, tmp_path / "x.onnx", backend="openvino", method="entropy")
+    assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,256 @@
+"""TensorRT backend: the pure parts (profile, cache key, sidecar, messages) here; build/run on a GPU only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from srkit._optional import is_available
+from srkit.cli.main import run
+from srkit.errors import BackendUnavailableError, InputError
+from srkit.meta import Color, ModelInfo, Precision
+from srkit.runtime import registry
+from srkit.runtime import tensorrt as trt_backend
+from srkit.runtime.tensorrt import (
+    GpuIdentity,
+    ShapeProfile,
+    cache_paths,
+    check_device,
+    check_in_profile,
+    check_precision,
+    check_trt_version,
+    compute_profile,
+    engine_key,
+    file_sha256,
+    sidecar_record,
+    stale_engine_message,
+    stale_reasons,
+)
+
+
+def _cuda() -> bool:
+    if not is_available("torch"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+HAVE_TRT_GPU = is_available("tensorrt") and _cuda()
+H100 = GpuIdentity("NVIDIA H100 80GB HBM3", (9, 0))
+
+
+def _info(**kw: object) -> ModelInfo:
+    base = dict(arch="espcn", scale=3, in_channels=1, color=Color.Y, size_multiple=1)
+    base.update(kw)
+    return ModelInfo(**base)  # type: ignore[arg-type]
+
+
+def _key(**changes: object) -> trt_backend.EngineKey:
+    profile = compute_profile(_info(), tile=256)
+    key = engine_key("ab" * 32, H100, "10.7.0", profile, Precision.FP16)
+    return dataclasses.replace(key, **changes)
+
+
+# ---- profiles ---------------------------------------------------------------------------------------
+def test_profile_static_shape_is_exact() -> None:
+    p = compute_profile(_info(static_shape=(120, 160), in_channels=3))
+    assert p.min == p.opt == p.max == (1, 3, 120, 160)
+
+
+def test_profile_from_tile_honours_size_multiple() -> None:
+    p = compute_profile(_info(in_channels=3, size_multiple=4), tile=250)
+    assert p.max == p.opt == (1, 3, 252, 252)  # rounded up to the multiple
+    assert p.min == (1, 3, 4, 4)
+    assert all(v % 4 == 0 for v in (*p.min[2:], *p.opt[2:], *p.max[2:]))
+
+
+def test_profile_from_rectangular_tile() -> None:
+    p = compute_profile(_info(size_multiple=2), tile=(95, 161))
+    assert p.max == p.opt == (1, 1, 96, 162)
+
+
+def test_profile_default_covers_1080p_and_batch() -> None:
+    p = compute_profile(_info(size_multiple=2), batch=4)
+    assert p.max[2] >= 1080 and p.max[3] >= 1920
+    assert p.opt[0] == p.max[0] == 4 and p.min[0] == 1
+    assert p.opt[2] <= p.max[2] and p.opt[3] <= p.max[3]
+    small = compute_profile(_info(), max_hw=(100, 200))
+    assert small.opt == small.max == (1, 1, 100, 200)  # the preferred shape never exceeds the max
+
+
+def test_profile_rejects_bad_sizes() -> None:
+    with pytest.raises(InputError, match="smaller than the model's size multiple"):
+        compute_profile(_info(size_multiple=4), tile=2)
+    with pytest.raises(InputError, match="batch"):
+        compute_profile(_info(), batch=0)
+
+
+def test_input_outside_profile_is_a_clear_error() -> None:
+    p = compute_profile(_info(), tile=64)
+    check_in_profile(p, (1, 1, 64, 40))
+    with pytest.raises(InputError, match=r"outside the TensorRT engine's profile .*--tile"):
+        check_in_profile(p, (1, 1, 65, 40))
+    with pytest.raises(InputError, match="outside"):
+        check_in_profile(p, (1, 3, 64, 64))  # wrong channel count
+
+
+def test_profile_json_round_trip_and_tag() -> None:
+    p = compute_profile(_info(), tile=128)
+    assert ShapeProfile.from_json(json.loads(json.dumps(p.to_json()))) == p
+    assert p.tag() != compute_profile(_info(), tile=256).tag()
+
+
+# ---- cache keys -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_sha256": "cd" * 32},
+        {"gpu_name": "NVIDIA A100-SXM4-40GB"},
+        {"compute_capability": "8.0"},
+        {"trt_version": "11.0.0"},
+        {"profile": compute_profile(_info(), tile=512)},
+        {"precision": "int8"},
+    ],
+)
+def test_every_key_field_changes_the_digest(change: dict[str, object]) -> None:
+    assert _key().digest() != _key(**change).digest()
+    assert _key().digest() == _key().digest()
+
+
+def test_cache_paths_name_model_and_profile_but_not_gpu(tmp_path: Path) -> None:
+    key = _key()
+    paths = cache_paths(tmp_path, "espcn-x3", key)
+    assert paths.engine.name.startswith("espcn-x3-" + key.model_sha256[:12])
+    assert paths.sidecar.name == paths.engine.name + ".json"
+    # a new TensorRT finds the same engine file (and sees it is stale), but a separate timing cache
+    upgraded = cache_paths(tmp_path, "espcn-x3", _key(trt_version="11.0.0"))
+    assert upgraded.engine == paths.engine
+    assert upgraded.timing_cache != paths.timing_cache
+    other_profile = cache_paths(tmp_path, "espcn-x3", _key(profile=compute_profile(_info(), tile=512)))
+    assert other_profile.engine != paths.engine
+    assert other_profile.timing_cache == paths.timing_cache  # timing caches are model/profile independent
+
+
+def test_file_sha256_matches_hashlib(espcn_x3_onnx: Path) -> None:
+    import hashlib
+
+    assert file_sha256(espcn_x3_onnx) == hashlib.sha256(espcn_x3_onnx.read_bytes()).hexdigest()
+
+
+# ---- the sidecar -----------------------------------------------------------------------------------
+def test_fresh_sidecar_validates(tmp_path: Path) -> None:
+    key = _key()
+    record = json.loads(json.dumps(sidecar_record(key, build_s=1.5, engine_sha256="e" * 64)))
+    assert stale_reasons(record, key, "e" * 64) == []
+    assert record["digest"] == key.digest()
+
+
+def test_stale_sidecar_names_what_changed() -> None:
+    record = sidecar_record(_key(), build_s=1.0, engine_sha256="e" * 64)
+    reasons = stale_reasons(record, _key(trt_version="11.0.0", gpu_name="NVIDIA L4"), "e" * 64)
+    assert "TensorRT version 10.7.0 != 11.0.0" in reasons
+    assert "GPU NVIDIA H100 80GB HBM3 != NVIDIA L4" in reasons
+    assert len(reasons) == 2
+
+
+def test_missing_corrupt_or_tampered_sidecar_is_stale(tmp_path: Path) -> None:
+    key = _key()
+    assert stale_reasons(None, key) == ["it has no readable metadata sidecar"]
+    bad = tmp_path / "x.engine.json"
+    bad.write_text("{not json")
+    assert trt_backend.read_sidecar(bad) is None
+    assert trt_backend.read_sidecar(tmp_path / "missing.json") is None
+    old_format = {**sidecar_record(key, build_s=1.0, engine_sha256="e" * 64), "format": 0}
+    assert "format" in stale_reasons(old_format, key)[0]
+    record = sidecar_record(key, build_s=1.0, engine_sha256="e" * 64)
+    assert stale_reasons(record, key, "f" * 64) == [
+        "the engine file does not match its sidecar (modified or truncated)"
+    ]
+
+
+def test_stale_engine_message_is_one_actionable_line(tmp_path: Path) -> None:
+    msg = stale_engine_message(tmp_path / "m.engine", ["TensorRT version 10.7.0 != 11.0.0"])
+    assert "\n" not in msg
+    assert "m.engine" in msg and "10.7.0 != 11.0.0" in msg and "trt_rebuild=True" in msg
+
+
+# ---- checks and messages ----------------------------------------------------------------------------
+def test_version_device_and_precision_checks() -> None:
+    check_trt_version("10.13.0.35")
+    check_trt_version("11.0.0")
+    with pytest.raises(BackendUnavailableError, match=r"too old.*srkit\[trt\]"):
+        check_trt_version("8.6.1")
+    assert check_device("cuda") == 0 and check_device("cuda:1") == 1
+    with pytest.raises(BackendUnavailableError, match=r"CUDA GPU.*openvino"):
+        check_device("cpu")
+    check_precision(Precision.AUTO, Precision.FP16)
+    with pytest.raises(InputError, match="strongly typed"):
+        check_precision(Precision.FP16, Precision.FP32)
+
+
+@pytest.mark.skipif(is_available("tensorrt"), reason="TensorRT is installed here")
+def test_registry_hides_trt_when_not_installed() -> None:
+    assert "trt" not in registry.available()
+    assert registry.backend_class("tensorrt") is trt_backend.TensorRTBackend
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'srkit\[trt\]'"):
+        registry.pick("trt", "cuda")
+
+
+@pytest.mark.skipif(is_available("tensorrt"), reason="TensorRT is installed here")
+def test_cli_trt_without_tensorrt_is_one_error_line(
+    espcn_x3_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from srkit.data import sample_image_path
+
+    out = tmp_path / "out.png"
+    code = run(
+        [
+            "upscale",
+            str(sample_image_path()),
+            "-m",
+            str(espcn_x3_onnx),
+            "-o",
+            str(out),
+            "--backend",
+            "trt",
+            "--device",
+            "cuda",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("srkit: error:")
+    assert "pip install 'srkit[trt]'" in err[0]
+    assert not out.exists()
+
+
+# ---- the real thing ---------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT and a CUDA GPU")
+def test_trt_engine_builds_caches_and_matches_ort(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    from srkit.runtime import Upscaler
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    with Upscaler(espcn_x3_onnx, backend="ort") as ref:
+        expected = ref.upscale(image).astype(np.float64)
+    with Upscaler(espcn_x3_onnx, backend="trt", device="cuda", cache_dir=tmp_path, tile=128) as up:
+        got = up.upscale(image).astype(np.float64)
+        assert up.describe()["engine_source"] == "built"
+    assert np.abs(got - expected).max() <= 1
+    with Upscaler(espcn_x3_onnx, backend="trt", device="cuda", cache_dir=tmp_path, tile=128) as again:
+        assert again.describe()["engine_source"] == "cache"
+    sidecar = next(tmp_path.glob("*.engine.json"))
+    record = json.loads(sidecar.read_text())
+    record["key"]["trt_version"] = "0.0.0"
+    sidecar.write_text(json.dumps(record))
+    with pytest.raises(BackendUnavailableError, match="stale"):
+        Upscaler(
+            espcn_x3_onnx, backend="trt", device="cuda", cache_dir=tmp_path, tile=128, trt_rebuild=False
+        ).backend.activate()

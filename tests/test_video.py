@@ -1,0 +1,161 @@
+"""Video: a short clip made here with PyAV (real photos, an AAC track) through `srkit upscale`."""
+
+from __future__ import annotations
+
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+from srkit.cli.main import run  # noqa: E402
+from srkit.errors import InputError  # noqa: E402
+from srkit.runtime import Upscaler  # noqa: E402
+from srkit.runtime.video import (  # noqa: E402
+    VideoOptions,
+    check_encoder,
+    frames_of,
+    probe,
+    synthesize_clip,
+    upscale_video,
+)
+
+FRAMES, FPS, W, H = 12, 12, 64, 48
+
+
+def _write_clip(path: Path, photos: dict[str, np.ndarray], *, audio: bool = True) -> Path:
+    """12 frames 64x48 panning across the bundled CC0 photos, H.264, plus a 1 s AAC tone."""
+    assert photos  # the same photos synthesize_clip pans across
+    return synthesize_clip(path, size=(W, H), frames=FRAMES, fps=FPS, audio=audio)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, np.ndarray]) -> Path:
+    return _write_clip(tmp_path_factory.mktemp("video") / "clip.mp4", photos)
+
+
+def _packets(path: Path, kind: str) -> list[tuple[int | None, bytes]]:
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0] if kind == "audio" else c.streams.video[0]
+        return [(p.pts, bytes(p)) for p in c.demux(stream) if p.dts is not None]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0**2 / mse)
+
+
+def _no_video_threads() -> bool:
+    return not any(t.name.startswith("srkit-video") for t in threading.enumerate())
+
+
+def test_cli_video_keeps_frames_rate_duration_and_audio(
+    clip: Path, espcn_x3_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "big.mp4"
+    assert run(["upscale", str(clip), "-m", str(espcn_x3_onnx), "-o", str(out), "--crf", "12"]) == 0
+    assert "audio copied" in capsys.readouterr().out
+    src, dst = probe(clip), probe(out)
+    assert (dst.width, dst.height) == (3 * W, 3 * H)
+    assert dst.frames == src.frames == FRAMES
+    assert dst.rate == src.rate == Fraction(FPS)
+    assert dst.duration_s == pytest.approx(src.duration_s, abs=1 / FPS)
+    assert dst.has_audio and dst.audio_codec == "aac"
+    # the audio is remuxed, not re-encoded: the same packets with the same timestamps
+    assert _packets(out, "audio") == _packets(clip, "audio")
+    # every frame keeps its presentation timestamp (packets come in decode order, B-frames reorder them)
+    assert sorted(p for p, _ in _packets(out, "video")) == sorted(p for p, _ in _packets(clip, "video"))
+    assert not list(tmp_path.glob(".*part*"))  # no temp file left beside the output
+
+
+def test_video_frames_match_image_upscaling(clip: Path, espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    """Both paths (Y plane through the model; RGB through Upscaler.upscale) give the image result, up to
+    H.264 compression, and each other."""
+    expected = None
+    outputs = {}
+    with Upscaler(espcn_x3_onnx, backend="ort") as up:
+        expected = [up.upscale(f) for f in frames_of(clip)]
+        for fast in (True, False):
+            out = tmp_path / f"out-{fast}.mp4"
+            seen: list[tuple[int, float]] = []
+            result = upscale_video(
+                up,
+                clip,
+                out,
+                options=VideoOptions(crf=8, yuv_fast_path=fast),
+                progress=lambda done, fps, seen=seen: seen.append((done, fps)),
+            )
+            assert result.path_taken == ("yuv" if fast else "rgb")
+            assert [d for d, _ in seen] == list(range(1, FRAMES + 1)) and all(f > 0 for _, f in seen)
+            assert result.frames == FRAMES
+            outputs[fast] = list(frames_of(out))
+    for fast, frames in outputs.items():
+        assert len(frames) == FRAMES
+        assert min(_psnr(e, f) for e, f in zip(expected, frames, strict=True)) > 30, fast
+    assert min(_psnr(a, b) for a, b in zip(outputs[True], outputs[False], strict=True)) > 30
+
+
+def test_video_without_audio_and_to_mkv(
+    photos: dict[str, np.ndarray], espcn_x3_onnx: Path, tmp_path: Path
+) -> None:
+    silent = _write_clip(tmp_path / "silent.mp4", photos, audio=False)
+    out = tmp_path / "silent.mkv"
+    with Upscaler(espcn_x3_onnx, backend="ort") as up:
+        result = upscale_video(up, silent, out)
+    assert not result.audio_copied
+    info = probe(out)
+    assert info.frames in (None, FRAMES) and len(list(frames_of(out))) == FRAMES
+    assert not info.has_audio
+
+
+def test_corrupt_video_is_a_clean_error(
+    clip: Path, espcn_x3_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(clip.read_bytes()[:2000])  # the index (moov) is at the end: unreadable
+    out = tmp_path / "out.mp4"
+    assert run(["upscale", str(bad), "-m", str(espcn_x3_onnx), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("srkit: error: cannot read video") and len(err) == 1
+    assert not out.exists() and not list(tmp_path.glob(".*part*"))
+
+
+def test_error_mid_stream_stops_every_stage_and_leaves_nothing(clip: Path, tmp_path: Path) -> None:
+    """A model exported for another frame size fails on the first frame: the decoder and encoder threads
+    stop, the error reaches the caller, and no output (or temp file) is left."""
+    from srkit.export import ExportOptions, export_model
+
+    static = export_model("espcn-x3", tmp_path / "static.onnx", options=ExportOptions(static=(24, 32))).path
+    out = tmp_path / "out.mp4"
+    with Upscaler(static, backend="ort") as up, pytest.raises(InputError, match="24x32"):
+        upscale_video(up, clip, out, options=VideoOptions(queue_size=2))
+    assert not out.exists() and not list(tmp_path.glob(".*part*"))
+    assert _no_video_threads()
+
+
+def test_encoder_options_are_checked() -> None:
+    assert check_encoder("libx264", None) == {"crf": "18"}
+    assert check_encoder("libvpx-vp9", 31) == {"crf": "31", "b": "0"}
+    assert check_encoder("mpeg4", None) == {}
+    with pytest.raises(InputError, match="no video encoder 'nope'"):
+        check_encoder("nope", None)
+    with pytest.raises(InputError, match="--crf applies to"):
+        check_encoder("mpeg4", 20)
+
+
+def test_bad_codec_or_output_is_one_error_line(
+    clip: Path, espcn_x3_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.mp4"
+    assert run(["upscale", str(clip), "-m", str(espcn_x3_onnx), "-o", str(out), "--codec", "nope"]) == 2
+    assert capsys.readouterr().err.strip().startswith("srkit: error: no video encoder")
+    with Upscaler(espcn_x3_onnx, backend="ort") as up:
+        with pytest.raises(InputError, match="video output"):
+            upscale_video(up, clip, tmp_path / "out.png")
+        webm = tmp_path / "out.webm"  # WebM cannot hold the AAC track, which is copied, never re-encoded
+        with pytest.raises(InputError, match=r"audio track \(aac\) cannot be copied into \.webm"):
+            upscale_video(up, clip, webm, options=VideoOptions(codec="libvpx-vp9"))
+    assert not out.exists() and not webm.exists() and not list(tmp_path.glob(".*part*"))
