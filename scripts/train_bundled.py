@@ -77,6 +77,10 @@ RECIPES = {
 }
 
 
+# what `srkit zoo` ships; the other recipes are experiments kept for the record (see zoo.json "alternatives")
+BUNDLED = ("espcn-x3", "espcn-x2", "espcn-x4", "srcnn-x3", "fsrcnn-x3")
+
+
 def load_skimage(name: str) -> np.ndarray:
     import skimage.data
 
@@ -154,7 +158,7 @@ class PatchSampler:
         return lr_patch, hr_patch
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lrs, hrs = zip(*(self.one() for _ in range(n)))
+        lrs, hrs = zip(*(self.one() for _ in range(n)), strict=True)
         return (
             torch.from_numpy(np.ascontiguousarray(np.stack(lrs)[:, None])),
             torch.from_numpy(np.ascontiguousarray(np.stack(hrs)[:, None])),
@@ -271,7 +275,7 @@ def save(recipe: Recipe, params: dict, model: torch.nn.Module, seed: int, elapse
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("names", nargs="*", default=list(BUNDLED), choices=list(RECIPES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="override the recipe (for a quick try)")

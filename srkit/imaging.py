@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 from PIL import Image
 
 from srkit.errors import InputError
@@ -59,8 +60,9 @@ def to_float(image: np.ndarray) -> np.ndarray:
     raise InputError(f"unsupported image dtype {image.dtype}")
 
 
-def from_float(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def from_float(image: np.ndarray, dtype: DTypeLike) -> np.ndarray:
     """float 0-1 -> dtype, clipped and rounded (not truncated)."""
+    dtype = np.dtype(dtype)
     if dtype == np.float32:
         return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
     peak = 255.0 if dtype == np.uint8 else 65535.0
@@ -128,8 +130,12 @@ def pad_to_multiple(chw: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[i
     if ph == 0 and pw == 0:
         return chw, (h, w)
     pad = [(0, 0)] * (chw.ndim - 2) + [(0, ph), (0, pw)]
-    mode = "reflect" if h > ph and w > pw else "edge"
-    return np.pad(chw, pad, mode=mode), (h, w)
+    return _reflect_or_edge(chw, pad, h > ph and w > pw), (h, w)
+
+
+def _reflect_or_edge(array: np.ndarray, pad: list[tuple[int, int]], can_reflect: bool) -> np.ndarray:
+    """Reflection needs more pixels than the pad; a tiny image is edge-replicated instead."""
+    return np.pad(array, pad, mode="reflect") if can_reflect else np.pad(array, pad, mode="edge")
 
 
 def pad_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -140,8 +146,7 @@ def pad_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if ph == 0 and pw == 0:
         return image
     pad = [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2)
-    mode = "reflect" if h > ph and w > pw else "edge"
-    return np.pad(image, pad, mode=mode)
+    return _reflect_or_edge(image, pad, h > ph and w > pw)
 
 
 def pad_hw_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:

@@ -73,7 +73,8 @@ def test_tensorrt_qdq_model_is_symmetric_with_float_upsampler(espcn_x3_onnx: Pat
         assert not zp.any(), node.name
         assert zp.dtype == (np.int32 if node.input[0].endswith("bias_quantized") else np.int8), node.name
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    quantized = [c for c in convs if all(producer[i].op_type == "DequantizeLinear" for i in c.input[:2])]
+    quantized = [c for c in convs
+                 if all(i in producer and producer[i].op_type == "DequantizeLinear" for i in c.input[:2])]
     assert len(quantized) == len(convs) - len(result.kept_float) >= 1
     d2s = [n for n in graph.node if n.op_type == "DepthToSpace"]
     assert d2s and all(producer[n.input[0]].op_type == "Conv" for n in d2s)  # no Q/DQ into the upsampler

@@ -45,7 +45,7 @@ def _place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: flo
 
     for (x, y, text), (px, py) in zip(points, dots, strict=True):
         width = len(text) * char_w
-        best: tuple[int, tuple[float, float, str], tuple[float, float, float, float]] | None = None
+        best: tuple[float, tuple[int, int, str], tuple[float, float, float, float]] | None = None
         for dx, dy, ha in LABEL_SPOTS:
             left = px + dx * px_per_pt - {"left": 0.0, "right": width, "center": width / 2}[ha]
             bottom = py + dy * px_per_pt

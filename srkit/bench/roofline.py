@@ -105,7 +105,7 @@ def _shapes(model: Any) -> dict[str, tuple[int, ...] | None]:
             out[vi.name] = None
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        out[vi.name] = None if any(d is None for d in dims) else tuple(int(d) for d in dims)  # type: ignore[misc]
+        out[vi.name] = None if any(d is None for d in dims) else tuple(int(d or 0) for d in dims)
     for init in model.graph.initializer:
         out[init.name] = tuple(int(d) for d in init.dims)
     return out
@@ -425,8 +425,8 @@ def roofline(model_flops: float, fps: float | None, peak: Peak | None) -> dict[s
     peak_gflops = peak.gflops if peak else None
     pct = 100.0 * achieved / peak_gflops if achieved and peak_gflops else None
     return {
-        "gflops": round(gflops, 3),
-        "achieved_gflops": None if achieved is None else round(achieved, 1),
-        "peak_gflops": None if peak_gflops is None else round(peak_gflops, 1),
+        "gflops": float(f"{gflops:.4g}"),
+        "achieved_gflops": None if achieved is None else float(f"{achieved:.4g}"),
+        "peak_gflops": None if peak_gflops is None else float(f"{peak_gflops:.4g}"),
         "pct_of_peak": None if pct is None else round(pct, 1),
     }

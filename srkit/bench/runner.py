@@ -249,9 +249,8 @@ def reference_output(
     model: Path, x: np.ndarray, threads: int | None, checkpoint: Path | None = None
 ) -> tuple[np.ndarray | None, str | None]:
     """PyTorch fp32 output on x, or (None, why not)."""
-    extra = {"checkpoint": checkpoint} if checkpoint else {}
     try:
-        with Upscaler(model, backend="torch", precision="fp32", threads=threads, **extra) as up:
+        with Upscaler(model, backend="torch", precision="fp32", threads=threads, checkpoint=checkpoint) as up:
             return up.run_model(x), None
     except SrkitError as exc:
         return None, str(exc)
@@ -352,7 +351,7 @@ def bench_variant(
             device=variant.device,
             precision=variant.precision,
             threads=config.threads,
-            **({"checkpoint": config.checkpoint} if variant.backend == "torch" and config.checkpoint else {}),
+            checkpoint=config.checkpoint if variant.backend == "torch" else None,
         )
         up.backend.activate()
     except (SrkitError, RuntimeError) as exc:
@@ -432,8 +431,7 @@ def model_call(up: Upscaler, x: np.ndarray) -> tuple[Callable[[], object], str]:
         return bound, "ORT IO binding, input and output on the GPU, synchronised"
     if (
         backend.name == "torch"
-        and getattr(backend, "device", None) is not None
-        and backend.device.type == "cuda"
+        and getattr(getattr(backend, "device", None), "type", None) == "cuda"
     ):
         from srkit._optional import require
 

@@ -133,9 +133,7 @@ def _check_colour(images: Sequence[SourceImage], info: ModelInfo) -> None:
 def _cut(planes: np.ndarray, ph: int, pw: int, rng: np.random.Generator) -> np.ndarray:
     h, w = planes.shape[:2]
     if h < ph or w < pw:  # a small image is padded as the runtime pads to a size multiple
-        pad = ((0, max(ph - h, 0)), (0, max(pw - w, 0)), (0, 0))
-        mode = "reflect" if h > pad[0][1] and w > pad[1][1] else "edge"
-        planes = np.pad(planes, pad, mode=mode)
+        planes = imaging.pad_hw(planes, max(h, ph), max(w, pw))
         h, w = planes.shape[:2]
     top = int(rng.integers(0, h - ph + 1))
     left = int(rng.integers(0, w - pw + 1))

@@ -41,7 +41,7 @@ class CalibrationMethod(str, Enum):
 def _reader(dataset: CalibrationDataset, input_name: str) -> Any:
     quant = require("onnxruntime.quantization", extra="ort")
 
-    class Reader(quant.CalibrationDataReader):  # type: ignore[misc, name-defined]
+    class Reader(quant.CalibrationDataReader):  # type: ignore[name-defined]
         def __init__(self) -> None:
             self._it = iter(dataset.with_transform(lambda x: {input_name: x}))
 

@@ -39,6 +39,9 @@ def progress(
         task = bar.add_task(description, total=total)
 
         def advance(n: int = 1, description: str | None = None) -> None:
-            bar.update(task, advance=n, **({"description": description} if description else {}))
+            if description:
+                bar.update(task, advance=n, description=description)
+            else:
+                bar.update(task, advance=n)
 
         yield advance

@@ -13,9 +13,9 @@ from srkit._fs import atomic_path
 from srkit._optional import require
 from srkit.errors import ExportError, InputError
 from srkit.export import graph
-from srkit.models.loader import LoadedModel, load_model
 from srkit.export.parity import ParityReport, run_gate
 from srkit.meta import ModelInfo, Precision
+from srkit.models.loader import LoadedModel, load_model
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 11  # DepthToSpace has no CRD mode before opset 11

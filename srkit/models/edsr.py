@@ -71,6 +71,7 @@ class MeanShift(nn.Module):
         super().__init__()
         mean = torch.tensor(DIV2K_RGB_MEAN if channels == 3 else (0.5,) * channels).view(1, channels, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
+        self.mean: torch.Tensor
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) * IMG_RANGE
@@ -116,7 +117,7 @@ class EDSR(nn.Module):
 
 
 def build(p: Params) -> EDSR:
-    return EDSR(p["in_channels"], p.get("out_channels", p["in_channels"]), p["num_feat"], p["num_block"],
+    return EDSR(p["in_channels"], p.get("out_channels") or p["in_channels"], p["num_feat"], p["num_block"],
                 p["scale"], p.get("res_scale", 1.0))
 
 

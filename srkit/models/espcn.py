@@ -26,7 +26,7 @@ class ESPCN(nn.Module):
         for conv in (self.conv1, self.conv2, self.conv3):
             fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
             nn.init.normal_(conv.weight, 0.0, math.sqrt(1.0 / fan_in))
-            nn.init.zeros_(conv.bias)
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # convs here have bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.tanh(self.conv1(x))

@@ -22,7 +22,7 @@ class FSRCNN(nn.Module):
         # kernel 9, padding 4 and output_padding r-1 give exactly r*H x r*W
         self.deconv = nn.ConvTranspose2d(d, in_channels, 9, stride=scale, padding=4, output_padding=scale - 1)
         nn.init.normal_(self.deconv.weight, 0.0, 0.001)
-        nn.init.zeros_(self.deconv.bias)
+        nn.init.zeros_(self.deconv.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deconv(self.mapping(self.feature(x)))

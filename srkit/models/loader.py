@@ -163,7 +163,8 @@ def load_model(source: str, *, arch: str | None = None, scale: int | None = None
         entry = zoo.get(source)
         path, origin = entry.weights, f"bundled:{source}"
     else:
-        path, origin = Path(source), str(Path(source).name)
+        # the absolute path lets the torch reference backend find the weights again (checked by sha256)
+        path, origin = Path(source), str(Path(source).resolve())
         if not path.exists():
             known = ", ".join(zoo.entries()) or "none"
             raise InputError(f"{source} is neither a file nor a bundled model (bundled: {known})")
@@ -207,4 +208,4 @@ def load_ncnn(path: Path, *, arch: str | None = None, scale: int | None = None) 
             f"{spec.name} x{params['scale']}"
         )
     module = build_strict(spec, params, sd, path)
-    return LoadedModel(module, spec, params, path.name, sha256_file(imported.bin_path))
+    return LoadedModel(module, spec, params, str(path.resolve()), sha256_file(imported.bin_path))

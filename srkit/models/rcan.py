@@ -93,7 +93,7 @@ class RCAN(nn.Module):
 
 
 def build(p: Params) -> RCAN:
-    return RCAN(p["in_channels"], p.get("out_channels", p["in_channels"]), p["num_feat"], p["num_group"],
+    return RCAN(p["in_channels"], p.get("out_channels") or p["in_channels"], p["num_feat"], p["num_group"],
                 p["num_block"], p["squeeze_factor"], p["scale"], p.get("res_scale", 1.0))
 
 

@@ -91,7 +91,7 @@ class RRDBNet(nn.Module):
 
 
 def build(p: Params) -> RRDBNet:
-    return RRDBNet(p["in_channels"], p.get("out_channels", p["in_channels"]), p["scale"],
+    return RRDBNet(p["in_channels"], p.get("out_channels") or p["in_channels"], p["scale"],
                    p["num_feat"], p["num_block"], p["num_grow_ch"])
 
 

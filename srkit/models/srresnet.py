@@ -110,7 +110,7 @@ class SRResNet(nn.Module):
 
 def build(p: Params) -> nn.Module:
     cls = SRResNet if p.get("batch_norm") else MSRResNet
-    return cls(p["in_channels"], p.get("out_channels", p["in_channels"]), p["num_feat"], p["num_block"],
+    return cls(p["in_channels"], p.get("out_channels") or p["in_channels"], p["num_feat"], p["num_block"],
                p["scale"])
 
 

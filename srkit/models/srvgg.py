@@ -65,7 +65,7 @@ class SRVGGNetCompact(nn.Module):
 
 
 def build(p: Params) -> SRVGGNetCompact:
-    return SRVGGNetCompact(p["in_channels"], p.get("out_channels", p["in_channels"]), p["num_feat"],
+    return SRVGGNetCompact(p["in_channels"], p.get("out_channels") or p["in_channels"], p["num_feat"],
                            p["num_conv"], p["scale"], p.get("act_type", "prelu"))
 
 

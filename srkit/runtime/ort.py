@@ -102,9 +102,12 @@ class OrtBackend(Backend):
                 f"{', '.join(self.session.get_providers())}; check the CUDA/TensorRT installation"
             )
         self.input_name = self.session.get_inputs()[0].name
+        self.input_dtype = np.float16 if self.session.get_inputs()[0].type == "tensor(float16)" else np.float32
         self.provider = provider
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
+        # an `--fp16-io` model takes float16; everything else float32
+        x = x.astype(self.input_dtype, copy=False)
         return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
 
     def _close(self) -> None:

@@ -6,6 +6,7 @@ pass `checkpoint=` (its sha256 must match `srkit.source_sha256`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,22 @@ class TorchBackend(Backend):
 
         source = self.info.source
         checkpoint = self.options.extra.get("checkpoint")
+        if not checkpoint and source and not source.startswith("bundled:") and Path(source).is_file():
+            checkpoint = source  # exported from a file that is still where it was
         if checkpoint:
             loaded = load_model(str(checkpoint), arch=self.info.arch, scale=self.info.scale)
             if self.info.source_sha256 and loaded.source_sha256 != self.info.source_sha256:
                 raise InputError(f"{checkpoint} is not the checkpoint {self.model_path.name} was exported from")
             return loaded.module
         if source.startswith("bundled:"):
-            return load_model(source.split(":", 1)[1]).module
+            loaded = load_model(source.split(":", 1)[1])
+            if self.info.source_sha256 and loaded.source_sha256 != self.info.source_sha256:
+                # a reference from other weights would report a parity failure that is not one
+                raise InputError(
+                    f"the bundled {source.split(':', 1)[1]} weights changed since {self.model_path.name} was exported; "
+                    "export it again"
+                )
+            return loaded.module
         raise InputError(
             f"the torch backend needs the PyTorch weights of {self.model_path.name} (exported from {source!r}); "
             "pass the checkpoint (Upscaler(..., checkpoint=PATH))"
