@@ -173,6 +173,9 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
         from srkit.calibration.tensorrt import check_qdq
 
         float_convs = check_qdq(candidate).float_convs
+        if len(float_convs) >= _count_convs(model):
+            raise ParityError(f"int8 cannot meet the budget ({budget.describe()}) with any conv quantized: every "
+                              "conv had to stay float, which is the fp32 model; no model written")
         facts = {
             "quant_backend": qbackend.value,
             "quant_method": method_name,
@@ -215,14 +218,21 @@ def _search(backend: QuantBackend, method: str, model: Path, tmp: Path, data: Ca
     singles = {name: attempt([name]) for name in B.sensitive_candidates(model, limit=max_float_layers)}
     ranked = sorted(singles, key=lambda name: score(singles[name][0]), reverse=True)
     for name in ranked:  # the best single layer that meets the budget alone
-        if singles[name][0].holds(budget):
+        if singles[name][0].holds(budget) and _count_convs(model) > 1:
             return [name], *singles[name]
-    for n in range(2, len(ranked) + 1):
+    # keeping every conv in float would give an fp32 model labelled int8: at least one conv must stay int8
+    for n in range(2, min(len(ranked), _count_convs(model) - 1) + 1):
         m, path = attempt(ranked[:n])
         if m.holds(budget):
             return ranked[:n], m, path
     raise ParityError(f"int8 cannot meet the budget ({budget.describe()}); tried "
                       + log.describe(budget) + "; no model written")
+
+
+def _count_convs(model: Path) -> int:
+    import onnx
+
+    return sum(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(model), load_external_data=False).graph.node)
 
 
 def _accuracy_control(model: Path, candidate: Path, data: CalibrationDataset, ref: B.Reference,
