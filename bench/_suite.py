@@ -90,6 +90,9 @@ def _prepare(case: Case) -> Prepared | str:
         checkpoint = folder / source
         source = str(checkpoint)
     out = _cache() / f"{case.name}.onnx"
+    if out.is_file() and _stale(out, source):
+        for old in out.parent.glob(f"{case.name}*.onnx"):  # the model and its int8 siblings
+            old.unlink()
     if not out.is_file():
         try:
             export_model(source, out)
@@ -99,6 +102,18 @@ def _prepare(case: Case) -> Prepared | str:
     if case.int8:
         int8 = _quantized(out)
     return Prepared(case, out, checkpoint, int8)
+
+
+def _stale(model: Path, source: str) -> bool:
+    """A cached export whose weights changed since (retrained bundled weights, a new package version)."""
+    from srkit.meta import read_model_info
+    from srkit.models import zoo
+    from srkit.models.loader import sha256_file
+
+    weights = zoo.get(source).weights if zoo.is_bundled(source) else Path(source).with_suffix(".bin")
+    if not weights.is_file():
+        weights = Path(source)
+    return read_model_info(model).source_sha256 != sha256_file(weights)
 
 
 def _quantized(model: Path) -> dict[str, Path]:
