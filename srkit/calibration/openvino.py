@@ -11,8 +11,11 @@ and `accuracy-control` (nncf.quantize_with_accuracy_control with a PSNR validati
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,8 @@ def quantize_nncf(model: Path, output: Path, dataset: CalibrationDataset, *, met
     nncf = require("nncf", extra="quant", purpose="OpenVINO int8")
     proto = onnx.load(str(model))
     data, kwargs = _common(nncf, method, dataset, proto.graph.input[0].name, nodes_to_exclude)
-    quantized = nncf.quantize(proto, data, **kwargs)
+    with _quiet_unless_terminal():
+        quantized = nncf.quantize(proto, data, **kwargs)
     onnx.save(quantized, str(output))
 
 
@@ -76,8 +80,19 @@ def quantize_nncf_accuracy_control(model: Path, output: Path, dataset: Calibrati
             onnx.save(candidate, str(path))
             return metric(path), None
 
-    quantized = nncf.quantize_with_accuracy_control(
-        proto, data, nncf.Dataset(list(validation)), validate, max_drop=max_drop,
-        drop_type=nncf.DropType.ABSOLUTE, **kwargs,
-    )
+    with _quiet_unless_terminal():
+        quantized = nncf.quantize_with_accuracy_control(
+            proto, data, nncf.Dataset(list(validation)), validate, max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE, **kwargs,
+        )
     onnx.save(quantized, str(output))
+
+
+@contextlib.contextmanager
+def _quiet_unless_terminal() -> Iterator[None]:
+    """NNCF draws its own progress bars on stdout; srkit shows progress only when stderr is a terminal."""
+    if sys.stderr.isatty():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
