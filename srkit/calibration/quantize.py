@@ -215,13 +215,14 @@ def _search(backend: QuantBackend, method: str, model: Path, tmp: Path, data: Ca
     m, path = attempt([])
     if m.holds(budget):
         return [], m, path
+    # keeping every conv in float would give an fp32 model labelled int8: at least one conv must stay int8
+    convs = _count_convs(model)
     singles = {name: attempt([name]) for name in B.sensitive_candidates(model, limit=max_float_layers)}
     ranked = sorted(singles, key=lambda name: score(singles[name][0]), reverse=True)
     for name in ranked:  # the best single layer that meets the budget alone
-        if singles[name][0].holds(budget) and _count_convs(model) > 1:
+        if singles[name][0].holds(budget) and convs > 1:
             return [name], *singles[name]
-    # keeping every conv in float would give an fp32 model labelled int8: at least one conv must stay int8
-    for n in range(2, min(len(ranked), _count_convs(model) - 1) + 1):
+    for n in range(2, min(len(ranked), convs - 1) + 1):
         m, path = attempt(ranked[:n])
         if m.holds(budget):
             return ranked[:n], m, path

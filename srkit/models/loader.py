@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from srkit._fs import sha256_file
 from srkit._optional import require
 from srkit.errors import InputError, UnsupportedModelError
 from srkit.models import layouts, registry, zoo
@@ -27,14 +27,6 @@ class LoadedModel:
     params: Params
     source: str
     source_sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_state_dict(path: Path) -> tuple[dict[str, Any], dict[str, str]]:

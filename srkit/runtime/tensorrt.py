@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from srkit import __version__
-from srkit._fs import atomic_path
+from srkit._fs import atomic_path, sha256_file
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import ModelInfo, Precision
@@ -193,12 +193,7 @@ def default_cache_dir() -> Path:
     return Path(root) / "tensorrt"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # the engine cache keys on the ONNX file's identity
 
 
 # ---- the sidecar ------------------------------------------------------------------------------------
