@@ -119,11 +119,16 @@ def _stale(model: Path, source: str) -> bool:
 def _quantized(model: Path) -> dict[str, Path]:
     try:
         from srkit.calibration import quantize
+        from srkit.calibration.quantize import QUANT_RECIPE
     except ImportError:
         return {}
+    from srkit.meta import read_model_info
+
     found: dict[str, Path] = {}
     for backend in ("ort", "openvino"):
         target = model.with_name(f"{model.stem}-int8-{backend}.onnx")
+        if target.is_file() and read_model_info(target).extra.get("quant_recipe") != QUANT_RECIPE:
+            target.unlink()  # made by an older quantizer: measure what srkit makes today
         if not target.is_file():
             try:
                 quantize(model, target, backend=backend)

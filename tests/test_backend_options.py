@@ -292,4 +292,5 @@ def test_cli_precision_auto_says_what_it_chose(
     )
     assert code == 0 and out.is_file()
     err = capsys.readouterr().err
-    assert "srkit: precision auto -> " in err and "dB" in err
+    # which precision wins depends on timing (not asserted in unit tests); the line must say why either way
+    assert "srkit: precision auto -> " in err and ("dB" in err or "fp32 kept" in err)

@@ -14,7 +14,7 @@ import pytest
 
 from srkit.bench import metrics
 from srkit.bench.dataset import load_pairs
-from srkit.bench.report import passes_gate, recommend, render_markdown, render_summary
+from srkit.bench.report import Targets, check_targets, passes_gate, recommend, render_markdown, render_summary
 from srkit.bench.roofline import count_flops, roofline
 from srkit.bench.runner import (
     BenchConfig,
@@ -213,6 +213,26 @@ def test_recommendation_respects_the_parity_gates(tiny_report: dict) -> None:
     assert recommend(report)["precision"] == "fp32"
     fast_bad["parity_psnr_db"] = 36.0  # the int8 gate is 35 dB
     assert recommend(report)["precision"] == "int8"
+
+
+def test_targets_say_what_was_met_and_by_how_much_each_was_missed(tiny_report: dict) -> None:
+    report = json.loads(json.dumps(tiny_report))
+    (ort,) = report["results"]
+    torch_row = {**ort, "backend": "torch", "fps": ort["fps"] / 4, "e2e_fps": ort["e2e_fps"] / 4}
+    report["results"].append(torch_row)
+    wanted = Targets(fps=ort["fps"] * 2, e2e_fps=ort["e2e_fps"] / 2, speedup=4.0, pct_of_peak=ort["pct_of_peak"] + 1)
+    verdicts = {v["target"]: v for v in check_targets(report, wanted)}
+    fps, e2e = verdicts["model-call fps"], verdicts["end-to-end fps"]
+    assert not fps["met"] and fps["ratio"] == pytest.approx(0.5) and fps["by"] == "ort fp32"
+    assert e2e["met"] and e2e["measured"] == ort["e2e_fps"]
+    assert verdicts["x PyTorch eager fp32"]["measured"] == pytest.approx(4.0)
+    assert not verdicts["% of fp32 peak"]["met"]
+    report["targets"] = list(verdicts.values())
+    assert "model-call fps >=" in render_markdown(report) and "MISSED (0.50 of the target)" in render_summary(report)
+    # no deployable result at all: the verdict says so instead of failing
+    report["results"] = [torch_row]
+    (only,) = check_targets(report, Targets(fps=1.0))
+    assert only["measured"] is None and not only["met"] and only["by"] == "no deployable result"
 
 
 def test_plot_is_a_png(tiny_report: dict, tmp_path: Path) -> None:

@@ -95,7 +95,11 @@ def test_calibration_batches_are_real_crops() -> None:
     batches = fp16.calibration_batches(3, 4, size=(20, 30), batch=3)
     assert all(b.shape[1:] == (3, 20, 28) and b.dtype == np.float32 for b in batches)
     stacked = np.concatenate(batches)
-    assert stacked.shape[0] == 8 and stacked.std() > 0.05 and 0.0 <= stacked.min() <= stacked.max() <= 1.0
+    from srkit.data import HELD_OUT
+
+    # two crops (brightest, busiest) per bundled photo: the held-out ones and the sample
+    assert stacked.shape[0] == 2 * (len(HELD_OUT) + 1) and stacked.std() > 0.05
+    assert 0.0 <= stacked.min() <= stacked.max() <= 1.0
 
 
 # ---- real models -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ recommended backend and precision for this machine."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 PARITY_GATES_DB = {"float": 40.0, "int8": 35.0}  # the defaults; a report carries the gates it was run with
@@ -104,6 +105,63 @@ def torch_baseline(report: dict[str, Any]) -> dict[str, Any] | None:
     )
 
 
+@dataclass(frozen=True)
+class Targets:
+    """Speed goals to judge a report against (`srkit bench --target-*`); None = not judged."""
+
+    fps: float | None = None  # model call of the recommended (fastest deployable) result
+    e2e_fps: float | None = None  # the best end-to-end fps of a deployable result
+    speedup: float | None = None  # recommended result's fps / PyTorch eager fp32 on the CPU
+    pct_of_peak: float | None = None  # every fp32 ONNX Runtime / OpenVINO result, % of its measured peak
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.fps, self.e2e_fps, self.speedup, self.pct_of_peak))
+
+
+def check_targets(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
+    """One verdict per target: what was wanted, what was measured (by which result), met or not, and the
+    measured / wanted ratio, so a miss says by how much."""
+    best = recommend(report)
+    deployable = [r for r in report["results"] if not r.get("error") and r["backend"] != "torch"
+                  and passes_gate(report, r)]
+    verdicts = []
+
+    def verdict(name: str, wanted: float, measured: float | None, by: str) -> None:
+        verdicts.append({"target": name, "wanted": wanted, "measured": measured, "by": by,
+                         "met": measured is not None and measured >= wanted,
+                         "ratio": None if measured is None else measured / wanted})
+
+    def label(r: dict[str, Any] | None) -> str:
+        return f"{r['backend']} {r['precision']}" if r else "no deployable result"
+
+    if targets.fps is not None:
+        verdict("model-call fps", targets.fps, best["fps"] if best else None, label(best))
+    if targets.e2e_fps is not None:
+        e2e = max((r for r in deployable if r.get("e2e_fps")), key=lambda r: r["e2e_fps"], default=None)
+        verdict("end-to-end fps", targets.e2e_fps, e2e["e2e_fps"] if e2e else None, label(e2e))
+    if targets.speedup is not None:
+        base = torch_baseline(report)
+        speedup = best["fps"] / base["fps"] if best and base else None
+        verdict("x PyTorch eager fp32", targets.speedup, speedup,
+                label(best) if base else "no PyTorch fp32 CPU result to compare with")
+    if targets.pct_of_peak is not None:
+        for r in report["results"]:
+            if r.get("error") or r["backend"] not in ("ort", "openvino") or r["precision"] != "fp32":
+                continue
+            verdict("% of fp32 peak", targets.pct_of_peak, r.get("pct_of_peak"), label(r))
+    return verdicts
+
+
+def render_targets(verdicts: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for v in verdicts:
+        measured = "not measured" if v["measured"] is None else f"{v['measured']:.1f}"
+        outcome = "met" if v["met"] else (
+            "MISSED" + (f" ({v['ratio']:.2f} of the target)" if v["ratio"] is not None else ""))
+        lines.append(f"{v['target']} >= {v['wanted']:g}: {measured} ({v['by']}): {outcome}")
+    return lines
+
+
 def describe_setup(report: dict[str, Any]) -> str:
     m, s, mach = report["model"], report["settings"], report["machine"]
     # the 1-minute load average at the start and the end: on a shared machine it says how far to trust fps
@@ -158,6 +216,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"Recommended here: **{best['backend']} {best['precision']}** ({_ratio_text(report, best)}).",
         ]
+    if report.get("targets"):
+        lines += ["", "Targets:", "", *(f"- {line}" for line in render_targets(report["targets"]))]
     return "\n".join(lines) + "\n"
 
 
@@ -189,4 +249,6 @@ def render_summary(report: dict[str, Any]) -> str:
         text += f"\nrecommended here: {best['backend']} {best['precision']} ({_ratio_text(report, best)})"
     else:
         text += "\nno deployable result passed its parity gate"
+    if report.get("targets"):
+        text += "\ntargets:\n" + "\n".join(f"  {line}" for line in render_targets(report["targets"]))
     return text

@@ -7,6 +7,13 @@ read the quantized model like any other; OpenVINO IR would need its own metadata
 
 Methods: `performance` (symmetric activations, NNCF's default for CNNs), `mixed` (asymmetric activations),
 and `accuracy-control` (nncf.quantize_with_accuracy_control with a PSNR validation function and max drop).
+
+Two NNCF defaults are overridden because SR networks regress pixel values, where a classifier only ranks logits:
+- Activation ranges are the global min/max over the calibration set. NNCF's default averages each sample's
+  extremes, which set ESPCN's input range to 0-0.67 on our photos: every highlight clipped, 2.5 dB lost.
+- Bias correction is the full per-layer one, not the fast one: after quantization it re-estimates each
+  layer's bias from the int8 model's own (already shifted) inputs. On ESPCN x3 that halves the PSNR cost
+  (all layers int8: 0.56 dB with fast correction, 0.26 dB with full; measured on chelsea and coffee).
 """
 
 from __future__ import annotations
@@ -44,8 +51,15 @@ def _common(nncf: Any, method: NncfMethod, dataset: CalibrationDataset, input_na
     data = nncf.Dataset(list(dataset.get_data()), lambda x: {input_name: x})
     presets = nncf.QuantizationPreset
     preset = presets.MIXED if method == NncfMethod.MIXED else presets.PERFORMANCE
-    kwargs: dict[str, Any] = {"preset": preset, "target_device": nncf.TargetDevice.CPU,
-                              "subset_size": len(dataset)}
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    kwargs: dict[str, Any] = {
+        "preset": preset, "target_device": nncf.TargetDevice.CPU, "subset_size": len(dataset),
+        "fast_bias_correction": False,
+        "advanced_parameters": AdvancedQuantizationParameters(
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX),
+    }
     if nodes_to_exclude:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(nodes_to_exclude))
     return data, kwargs
@@ -80,6 +94,8 @@ def quantize_nncf_accuracy_control(model: Path, output: Path, dataset: Calibrati
             onnx.save(candidate, str(path))
             return metric(path), None
 
+    # the same calibration choices as quantize_nncf, under the name this entry point gives them
+    kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
     with _quiet_unless_terminal():
         quantized = nncf.quantize_with_accuracy_control(
             proto, data, nncf.Dataset(list(validation)), validate, max_drop=max_drop,

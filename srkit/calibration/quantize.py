@@ -26,6 +26,10 @@ from srkit.calibration.dataset import (
 from srkit.errors import InputError, ParityError
 from srkit.meta import ModelInfo, Precision, read_model_info
 
+# Bump when a change here or in a quantizer alters the int8 models srkit writes: it is recorded in each model
+# (`srkit.quant_recipe`), so caches of int8 models (the benchmark suite's) know to quantize again.
+QUANT_RECIPE = "2"
+
 
 class QuantBackend(str, Enum):
     ORT = "ort"
@@ -177,6 +181,7 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
             raise ParityError(f"int8 cannot meet the budget ({budget.describe()}) with any conv quantized: every "
                               "conv had to stay float, which is the fp32 model; no model written")
         facts = {
+            "quant_recipe": QUANT_RECIPE,
             "quant_backend": qbackend.value,
             "quant_method": method_name,
             "quant_samples": str(len(data)),

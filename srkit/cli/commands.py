@@ -18,6 +18,7 @@ from srkit.errors import InputError, SrkitError
 if TYPE_CHECKING:
     import numpy as np
 
+    from srkit.bench.report import Targets
     from srkit.imageio import ImageFile
     from srkit.runtime import Upscaler
 
@@ -47,7 +48,10 @@ def zoo(as_json: bool) -> None:
                      f"{v.get('bicubic_psnr_y', float('nan')):.2f}", f"{v.get('gain_db', float('nan')):+.2f}",
                      e.origin])
     echo(table(rows, ["name", "arch", "scale", "params", "PSNR-Y", "bicubic", "gain dB", "weights"]))
-    echo("\nPSNR-Y: mean over held-out CC0 photos (chelsea, coffee, rocket), BT.601 Y, border = scale cropped.")
+    from srkit.data import HELD_OUT
+
+    echo(f"\nPSNR-Y: mean over {len(HELD_OUT)} held-out CC0 photos ({', '.join(HELD_OUT)}), BT.601 Y, "
+         "border = scale cropped.")
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -280,9 +284,10 @@ def _common_root(jobs: list[tuple[Path, Path]]) -> Path:
 # ---- bench -----------------------------------------------------------------------------------------
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, threads: int | None,
           min_time: float, json_out: str | None, md_out: str | None, *, plot_out: str | None = None,
-          int8_model: str | None = None, checkpoint: str | None = None, quality: bool = True) -> None:
+          int8_model: str | None = None, checkpoint: str | None = None, quality: bool = True,
+          targets: Targets | None = None) -> None:
     from srkit._fs import check_writable
-    from srkit.bench.report import render_markdown, render_summary
+    from srkit.bench.report import check_targets, render_markdown, render_summary
     from srkit.bench.runner import BenchConfig, plan_variants, resolve_backends, run_bench, size_for_output
     from srkit.meta import read_model_info
 
@@ -303,6 +308,8 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
     steps = len(plan_variants(config, info)) + 1  # + the PyTorch reference
     with progress(steps, "benchmarking") as advance:
         report = run_bench(config, progress=lambda name: advance(description=f"benchmarking {name}"))
+    if targets is not None and targets.any():
+        report["targets"] = check_targets(report, targets)
     _write_text(json_out, json.dumps(report, indent=2) + "\n")
     _write_text(md_out, render_markdown(report))
     if plot_out:

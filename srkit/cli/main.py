@@ -125,14 +125,28 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON")
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the results as a Markdown table")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="write fps against PSNR as a PNG")
+@click.option("--target-fps", type=click.FloatRange(min=0, min_open=True),
+              help="judge the recommended result's model-call fps against this")
+@click.option("--target-e2e-fps", type=click.FloatRange(min=0, min_open=True),
+              help="judge the best end-to-end fps against this")
+@click.option("--target-speedup", type=click.FloatRange(min=0, min_open=True),
+              help="judge the recommended result's speed-up over PyTorch eager fp32 against this")
+@click.option("--target-peak", type=click.FloatRange(0, 100, min_open=True),
+              help="judge every fp32 ONNX Runtime / OpenVINO result's % of its measured peak against this")
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, int8_model: str | None,
           checkpoint: str | None, no_quality: bool, threads: int | None, min_time: float,
-          json_out: str | None, md_out: str | None, plot_out: str | None) -> None:
-    """Measure speed, memory and quality of a model per backend and precision."""
+          json_out: str | None, md_out: str | None, plot_out: str | None, target_fps: float | None,
+          target_e2e_fps: float | None, target_speedup: float | None, target_peak: float | None) -> None:
+    """Measure speed, memory and quality of a model per backend and precision.
+
+    With --target-* the report also says which goal was met, and by how much each one was missed."""
+    from srkit.bench.report import Targets
     from srkit.cli import commands
 
+    targets = Targets(fps=target_fps, e2e_fps=target_e2e_fps, speedup=target_speedup, pct_of_peak=target_peak)
     commands.bench(model, backend, precision, size, dataset, threads, min_time, json_out, md_out,
-                   plot_out=plot_out, int8_model=int8_model, checkpoint=checkpoint, quality=not no_quality)
+                   plot_out=plot_out, int8_model=int8_model, checkpoint=checkpoint, quality=not no_quality,
+                   targets=targets)
 
 
 @cli.command()

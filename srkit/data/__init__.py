@@ -1,7 +1,8 @@
 """Bundled CC0 images: a sample photo and the held-out photos the benchmark and the parity gate use.
 
 chelsea (CC0, Stefan van der Walt), coffee (CC0, Rachel Michetti), rocket (public domain, SpaceX), from
-scikit-image's data folder. None of them was used to train the bundled weights.
+scikit-image's data folder; coast, tulips and blossom (CC0, wesaturate.com, 500 px versions from the JPEG XL
+project's test data, `external/wesaturate/500px/`). None of them was used to train the bundled weights.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-HELD_OUT = ("chelsea", "coffee", "rocket")
+HELD_OUT = ("chelsea", "coffee", "rocket", "coast", "tulips", "blossom")
 
 
 def data_path(name: str) -> Path:

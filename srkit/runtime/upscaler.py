@@ -235,9 +235,10 @@ class Upscaler:
                 y = self._run_planes(imaging.gray_to_y(colour))
                 return imaging.y_to_gray(y)
             ycc = imaging.rgb_to_ycbcr(colour)
-            y = self._run_planes(ycc[..., :1])
-            chroma = np.stack([imaging.resize_bicubic(c, h * s, w * s) for c in ycc[..., 1:]])
-            return imaging.ycbcr_to_rgb(np.concatenate([y, chroma], axis=3))
+            y = self._run_planes(ycc[..., :1])[..., 0]
+            cb, cr = (np.stack([imaging.resize_bicubic(plane, h * s, w * s) for plane in ycc[..., c]])
+                      for c in (1, 2))
+            return imaging.ycbcr_planes_to_rgb(y, cb, cr)
         if self.info.in_channels == 3:
             if channels == 1:
                 rgb = self._run_planes(np.repeat(colour, 3, axis=3))
