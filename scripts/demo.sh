@@ -18,6 +18,7 @@ for backend in openvino ort; do
   echo; echo "== srkit quantize out/espcn-x3.onnx --backend $backend   (int8 within a 0.3 dB PSNR-Y budget)"
   srkit quantize out/espcn-x3.onnx --backend "$backend"
 done
-echo; echo "== srkit bench -m out/espcn-x3.onnx --backend all --size 1080p --json out/bench.json --markdown out/bench.md"
-srkit bench -m out/espcn-x3.onnx --backend all --size 1080p --json out/bench.json --markdown out/bench.md
+echo; echo "== srkit bench -m out/espcn-x3.onnx --backend all --size 1080p --json out/bench.json --markdown out/bench.md (+ the speed targets)"
+srkit bench -m out/espcn-x3.onnx --backend all --size 1080p --json out/bench.json --markdown out/bench.md \
+  --target-fps 80 --target-e2e-fps 50 --target-speedup 15
 echo; echo "outputs in ./out: espcn-x3.onnx (and its int8 siblings), sample_x3_openvino.png, sample_x3_ort.png, bench.json, bench.md"

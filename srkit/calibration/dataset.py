@@ -26,9 +26,9 @@ from srkit.meta import Color, ModelInfo
 DEFAULT_SAMPLES = 64
 DEFAULT_PATCH = 64
 # Built-in CC0 set (srkit.data): the held-out photos are also the PSNR validation set, so the built-in
-# calibration uses the sample photo and one held-out photo, and the budget is measured on the other two.
+# calibration uses the sample photo and one held-out photo, and the budget is measured on the other five.
 BUILTIN_CALIBRATION = ("sample", "rocket")
-BUILTIN_VALIDATION = ("chelsea", "coffee")
+BUILTIN_VALIDATION = ("chelsea", "coffee", "coast", "tulips", "blossom")
 
 
 class CalibrationDataset:

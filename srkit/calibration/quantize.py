@@ -124,7 +124,11 @@ def _write(src: Path, output: Path, info: ModelInfo, result_facts: dict[str, str
     proto = onnx.load(str(src))
     qinfo = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props} | info.to_props())
     qinfo.precision = Precision.INT8
-    qinfo.extra = {**{k: v for k, v in info.extra.items() if not k.startswith("quant_")}, **result_facts}
+    # facts a quantizer recorded in the candidate itself (e.g. which bias correction NNCF could apply)
+    recorded = {p.key.removeprefix("srkit."): p.value for p in proto.metadata_props
+                if p.key.startswith("srkit.quant_")}
+    qinfo.extra = {**{k: v for k, v in info.extra.items() if not k.startswith("quant_")}, **recorded,
+                   **result_facts}
     del proto.metadata_props[:]
     for key, value in qinfo.to_props().items():
         proto.metadata_props.add(key=key, value=value)
