@@ -61,9 +61,14 @@ def test_bundled_zoo_records_how_weights_were_made() -> None:
         assert validation["psnr_y"] > validation["bicubic_psnr_y"], entry.name
 
 
-def test_bundled_espcn_x3_record_is_consistent() -> None:
-    """The recorded gain is the mean of the per-image gains (the +1.0 dB target is tracked in issue 3)."""
+def test_bundled_espcn_x3_beats_bicubic_by_a_decibel_on_every_held_out_photo_set() -> None:
+    """Issue 3's target, on the whole held-out set (srkit.data.HELD_OUT: the bench's built-in photos), and the
+    recorded gain is the mean of the per-image gains; `srkit bench` re-measures it (tests/test_cli.py)."""
+    from srkit.data import HELD_OUT
+
     validation = zoo.get("espcn-x3").record["validation"]
+    assert validation["held_out"] == list(HELD_OUT) and list(validation["images"]) == list(HELD_OUT)
     per_image = [v["psnr_y"] - v["bicubic_psnr_y"] for v in validation["images"].values()]
     assert validation["gain_db"] == pytest.approx(sum(per_image) / len(per_image), abs=2e-3)
-    assert validation["gain_db"] > 0
+    assert validation["gain_db"] >= 1.0
+    assert all(gain > 0 for gain in per_image)
