@@ -16,6 +16,17 @@ from srkit.errors import InputError, UnsupportedModelError
 PREFIX = "srkit."
 
 
+# Architectures usually GAN-trained (Real-ESRGAN): their ground-truth PSNR is not the goal, so a reduced
+# precision is judged by parity with fp32, not by the PSNR it loses (quantize budgets, bench recommendation).
+GAN_TRAINED_ARCHS = frozenset({"rrdbnet", "srvgg", "srvggnetcompact", "realesrgan"})
+# what a reduced precision of a PSNR-trained model may cost against ground truth (issue 6's budget)
+DEFAULT_MAX_PSNR_DROP_DB = 0.3
+
+
+def judged_by_parity(arch: str) -> bool:
+    return arch.lower() in GAN_TRAINED_ARCHS
+
+
 class Color(str, Enum):
     RGB = "rgb"
     Y = "y"  # luma of BT.601 YCbCr; chroma is upscaled bicubically by the runtime

@@ -213,6 +213,12 @@ def test_recommendation_respects_the_parity_gates(tiny_report: dict) -> None:
     assert recommend(report)["precision"] == "fp32"
     fast_bad["parity_psnr_db"] = 36.0  # the int8 gate is 35 dB
     assert recommend(report)["precision"] == "int8"
+    # a PSNR-trained model: the int8 row must also keep PSNR-Y within the budget of fp32
+    assert report["settings"]["max_psnr_drop_db"] == 0.3
+    fast_bad["psnr_y"] = base["psnr_y"] - 0.31
+    assert not passes_gate(report, fast_bad) and recommend(report)["precision"] == "fp32"
+    fast_bad["psnr_y"] = base["psnr_y"] - 0.29
+    assert recommend(report)["precision"] == "int8"
 
 
 def test_targets_say_what_was_met_and_by_how_much_each_was_missed(tiny_report: dict) -> None:

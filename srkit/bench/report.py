@@ -70,8 +70,28 @@ def gate_for(report: dict[str, Any], precision: str) -> float:
     return float(gates["int8" if precision.startswith("int8") else "float"])
 
 
+def fp32_psnr_y(report: dict[str, Any]) -> float | None:
+    """PSNR-Y of the fp32 reference against ground truth: PyTorch fp32, else the best fp32 row."""
+    rows = [r for r in report["results"] if not r.get("error") and r.get("precision") == "fp32"
+            and r.get("psnr_y") is not None]
+    torch_rows = [r for r in rows if r["backend"] == "torch"]
+    if torch_rows:
+        return float(torch_rows[0]["psnr_y"])
+    return max((float(r["psnr_y"]) for r in rows), default=None)
+
+
+def within_psnr_budget(report: dict[str, Any], result: dict[str, Any]) -> bool:
+    """A PSNR-trained model's reduced precision may cost at most `max_psnr_drop_db` of PSNR-Y against ground
+    truth (GAN-trained models have no such budget: null in the settings)."""
+    budget = report.get("settings", {}).get("max_psnr_drop_db")
+    reference = fp32_psnr_y(report)
+    if budget is None or reference is None or result.get("psnr_y") is None:
+        return True
+    return bool(reference - result["psnr_y"] <= budget + 1e-9)
+
+
 def passes_gate(report: dict[str, Any], result: dict[str, Any]) -> bool:
-    if result.get("nan_count", 0):
+    if result.get("nan_count", 0) or not within_psnr_budget(report, result):
         return False
     parity = result.get("parity_psnr_db")
     if parity is not None:
@@ -184,6 +204,8 @@ NOTES = [
     "of a large Conv / MatMul on the same backend at the same precision, measured in the same process "
     "just after; **% peak** = GFLOP/s / peak.",
     "**parity dB / max abs**: against PyTorch fp32 on the same input (identical = bit-exact).",
+    "**Recommended**: the fastest row (not PyTorch) with no NaN that passes its parity gate (40 dB float, "
+    "35 dB int8) and, for a PSNR-trained model, keeps PSNR-Y within the report's `max_psnr_drop_db` of fp32.",
     "**peak RSS MB**: the peak resident memory of a fresh process that loaded only this backend and ran only "
     "this row (Python, numpy and the backend's libraries included), not a delta.",
 ]

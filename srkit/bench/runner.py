@@ -26,7 +26,7 @@ from srkit.bench import metrics
 from srkit.bench.dataset import RESIZE_KERNEL, Pair, load_pairs
 from srkit.bench.timing import measure, peak_rss_mb, rss_now_mb
 from srkit.errors import BackendUnavailableError, InputError, SrkitError
-from srkit.meta import ModelInfo, Precision, read_model_info
+from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, ModelInfo, Precision, judged_by_parity, read_model_info
 from srkit.runtime import Upscaler, registry
 
 # parity gates the recommendation and the bench suite apply (dB against PyTorch fp32)
@@ -321,6 +321,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             else "built-in CC0 photos: " + ", ".join(p.name for p in pairs),
             "reference": "PyTorch fp32" if ref is not None else f"unavailable: {ref_error}",
             "parity_gates_db": PARITY_GATE_DB,
+            # a PSNR-trained model's reduced precisions must also keep their PSNR-Y within this of fp32
+            "max_psnr_drop_db": None if judged_by_parity(info.arch) else DEFAULT_MAX_PSNR_DROP_DB,
         },
         "results": results,
     }

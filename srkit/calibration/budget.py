@@ -23,10 +23,9 @@ import numpy as np
 from srkit import imaging
 from srkit._optional import require
 from srkit.errors import InputError
-from srkit.meta import Color, ModelInfo
+from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, Color, ModelInfo, judged_by_parity
 
-PARITY_ARCHS = {"rrdbnet", "srvgg", "srvggnetcompact", "realesrgan"}
-DEFAULT_MAX_DROP_DB = 0.3
+DEFAULT_MAX_DROP_DB = DEFAULT_MAX_PSNR_DROP_DB
 DEFAULT_MIN_PARITY_DB = 35.0
 VALIDATION_MAX_SIDE = 384  # HR crop per photo: enough content to rank layers, cheap on 2 cores
 
@@ -37,7 +36,7 @@ class BudgetMode(str, Enum):
 
 
 def default_mode(info: ModelInfo) -> BudgetMode:
-    return BudgetMode.PARITY if info.arch.lower() in PARITY_ARCHS else BudgetMode.GROUND_TRUTH
+    return BudgetMode.PARITY if judged_by_parity(info.arch) else BudgetMode.GROUND_TRUTH
 
 
 @dataclass(frozen=True)
