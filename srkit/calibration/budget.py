@@ -27,7 +27,7 @@ from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, Color, ModelInfo, judged_by_par
 
 DEFAULT_MAX_DROP_DB = DEFAULT_MAX_PSNR_DROP_DB
 DEFAULT_MIN_PARITY_DB = 35.0
-VALIDATION_MAX_SIDE = 384  # HR crop per photo: enough content to rank layers, cheap on 2 cores
+VALIDATION_MAX_SIDE = 640  # HR side per photo: the whole of each held-out photo (they are <= 640 px)
 
 
 class BudgetMode(str, Enum):
