@@ -60,7 +60,7 @@ class Recipe:
     scale_augment: bool = True  # also train on 0.8x and 0.6x copies of each image
     skip_flat: bool = True  # mostly skip flat patches
     torch_init: bool = False  # re-initialise with torch's default instead of the architecture's own
-    extra_photos: bool = False  # add scikit-image's moon and the libjxl-testdata photos to the training set
+    extra_photos: bool = False  # add the libjxl-testdata photos to the training set
     cap_image_weight: bool = False  # sample an image at most as often as a 512x512 one (retina would dominate)
     schedule: str = "onecycle"  # or "cosine": constant lr, cosine decay over the last half
 
@@ -111,7 +111,8 @@ def luma(image_u8: np.ndarray) -> np.ndarray:
     return imaging.rgb_to_y(as_float) if as_float.ndim == 3 else imaging.gray_to_y(as_float)
 
 
-EXTRA_SKIMAGE = ("moon",)
+# scikit-image images added by `extra_photos` (none: `moon`, the natural candidate, states no licence)
+EXTRA_SKIMAGE: tuple[str, ...] = ()
 
 
 def training_images(extra_photos: bool) -> list[np.ndarray]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+import numpy as np
+
 from srkit._fs import atomic_path, refuse_overwriting_inputs
 from srkit.calibration import budget as B
 from srkit.calibration.dataset import (
@@ -27,7 +29,7 @@ from srkit.meta import ModelInfo, Precision, read_model_info
 
 # Bump when a change here or in a quantizer alters the int8 models srkit writes: it is recorded in each model
 # (`srkit.quant_recipe`), so caches of int8 models (the benchmark suite's) know to quantize again.
-QUANT_RECIPE = "3"
+QUANT_RECIPE = "4"
 
 
 class QuantBackend(str, Enum):
@@ -228,17 +230,30 @@ def _search(backend: QuantBackend, method: str, model: Path, tmp: Path, data: Ca
     candidates = B.sensitive_candidates(model, limit=max_float_layers)
     tried: dict[tuple[str, ...], tuple[B.Measurement, Path]] = (
         {(name,): attempt([name]) for name in candidates} if most_float >= 1 else {})
+    weights = _conv_weight_sizes(model)
     kept: tuple[str, ...] = ()
     while tried:
-        kept = max(tried, key=lambda names: score(tried[names][0]))
-        m, path = tried[kept]
-        if m.holds(budget):
+        held = [names for names, (m, _) in tried.items() if m.holds(budget)]
+        if held:  # of the sets that meet the budget, keep the one with the least work left in float
+            kept = min(held, key=lambda names: (sum(weights.get(n, 0) for n in names), -score(tried[names][0])))
+            m, path = tried[kept]
             return list(kept), m, path
+        kept = max(tried, key=lambda names: score(tried[names][0]))
         if len(kept) >= most_float:
             break
         tried = {(*kept, name): attempt([*kept, name]) for name in candidates if name not in kept}
     raise ParityError(f"int8 cannot meet the budget ({budget.describe()}); tried "
                       + log.describe(budget) + "; no model written")
+
+
+def _conv_weight_sizes(model: Path) -> dict[str, int]:
+    """Conv node name -> weight element count: at a conv's own resolution, its share of the work."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    sizes = {init.name: int(np.prod(init.dims)) for init in graph.initializer}
+    return {n.name: sizes.get(n.input[1], 0) for n in graph.node
+            if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1}
 
 
 def _count_convs(model: Path) -> int:
