@@ -1,5 +1,5 @@
 """Train srkit's bundled weights (ESPCN x2/x3/x4, SRCNN x3, FSRCNN x3) on CC0 images from scikit-image (ESPCN x3
-also on scikit-image's moon and two photos of Debian's libjxl-testdata).
+also on two photos of Debian's libjxl-testdata).
 
 Reproducible: seeded sampling and initialisation, a fixed number of steps, single-process.
 Writes srkit/models/weights/<name>.safetensors and updates srkit/models/weights/zoo.json with a record of
@@ -36,15 +36,14 @@ TRAIN_IMAGES = (
     "astronaut", "camera", "hubble_deep_field", "retina", "immunohistochemistry", "brick",
     "grass", "gravel", "clock", "coins", "text", "cell",
 )
+# Natural photos kept out of training are the built-in bench dataset (srkit.data.HELD_OUT): the zoo's PSNR
+# figures are measured on them exactly as `srkit bench` measures them.
 # Photos from Debian's libjxl-testdata (FIELD-NOTES: "Real images, offline"; the JPEG XL project's own photos,
 # BSD-3-clause): fetched with `apt-get download libjxl-testdata` into the training cache the first time a recipe
 # asks for them. Only the weights learnt from them ship, not the photos. The CC0 wesaturate photos from the same
 # package are held out (srkit/data), so they must never appear here.
 LIBJXL_PHOTOS = ("jxl/flower/flower.png", "jxl/hdr_room.png")
 TRAIN_CACHE = Path.home() / ".cache" / "srkit" / "train"
-# Natural photos kept out of training: the built-in bench dataset (srkit/data). The zoo's PSNR figures are
-# measured on these, exactly as `srkit bench` measures them.
-HELD_OUT_IMAGES = HELD_OUT
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,9 @@ class Recipe:
 
 
 RECIPES = {
-    # more natural photos (moon, two libjxl-testdata photos) and area sampling capped at 512x512: +1.015 dB on
-    # the six held-out photos, where the scikit-image-only recipe below reached +0.953 (zoo.json alternatives)
+    # two more natural photos (libjxl-testdata) and area sampling capped at 512x512: +1.022 dB on the six
+    # held-out photos, where the scikit-image-only recipe below reached +0.953 (zoo.json alternatives; a run that
+    # also used scikit-image's moon was dropped: its docstring states no licence)
     "espcn-x3": Recipe("espcn-x3", "espcn", 3, 30000, {}, extra_photos=True, cap_image_weight=True),
     "espcn-x3-skimage": Recipe("espcn-x3-skimage", "espcn", 3, 30000, {}),
     # the FIELD-NOTES recipe (24x24 patches, batch 64, every patch, torch init) with a cosine tail
@@ -111,13 +111,8 @@ def luma(image_u8: np.ndarray) -> np.ndarray:
     return imaging.rgb_to_y(as_float) if as_float.ndim == 3 else imaging.gray_to_y(as_float)
 
 
-# scikit-image images added by `extra_photos` (none: `moon`, the natural candidate, states no licence)
-EXTRA_SKIMAGE: tuple[str, ...] = ()
-
-
 def training_images(extra_photos: bool) -> list[np.ndarray]:
-    names = TRAIN_IMAGES + (EXTRA_SKIMAGE if extra_photos else ())
-    images = [load_skimage(name) for name in names]
+    images = [load_skimage(name) for name in TRAIN_IMAGES]
     return images + (list(libjxl_photos().values()) if extra_photos else [])
 
 
@@ -261,7 +256,6 @@ def save(recipe: Recipe, params: dict, model: torch.nn.Module, seed: int, elapse
         + (" and two libjxl-testdata photos (BSD-3)" if recipe.extra_photos else ""),
         "training": {
             "images": list(TRAIN_IMAGES)
-            + (list(EXTRA_SKIMAGE) if recipe.extra_photos else [])
             + ([f"libjxl-testdata 0.0~git20230110.d6168ff-1: {p}" for p in LIBJXL_PHOTOS] if recipe.extra_photos else []),
             "augment": ", ".join(
                 (["0.6/0.8/1.0 rescale"] if recipe.scale_augment else [])
@@ -281,7 +275,7 @@ def save(recipe: Recipe, params: dict, model: torch.nn.Module, seed: int, elapse
             "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
             "srkit": __version__,
         },
-        "validation": {"held_out": list(HELD_OUT_IMAGES), **result},
+        "validation": {"held_out": list(HELD_OUT), **result},
     }
     zoo_path.write_text(json.dumps(dict(sorted(zoo.items())), indent=2) + "\n")
     print(f"wrote {path} ({result['gain_db']:+.3f} dB over bicubic on held-out photos)")
@@ -297,9 +291,9 @@ def revalidate(name: str) -> dict:
     model = registry.get(record["arch"]).build(record["params"])
     model.load_state_dict(load_state_dict(WEIGHTS / record["file"])[0])
     result = evaluate(model, record["scale"])
-    record["validation"] = {"held_out": list(HELD_OUT_IMAGES), **result}
+    record["validation"] = {"held_out": list(HELD_OUT), **result}
     zoo_path.write_text(json.dumps(zoo, indent=2) + "\n")
-    print(f"{name}: {result['gain_db']:+.3f} dB over bicubic on {len(HELD_OUT_IMAGES)} held-out photos")
+    print(f"{name}: {result['gain_db']:+.3f} dB over bicubic on {len(HELD_OUT)} held-out photos")
     return result
 
 

@@ -86,11 +86,11 @@ def ycbcr_planes_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.nda
     offset = _YCBCR_OFFSET.astype(np.float32)
     centred = [plane - offset[i] for i, plane in enumerate((y, cb, cr))]
     out = np.empty((*y.shape, 3), dtype=np.float32)
-    acc = np.empty(y.shape, dtype=np.float32)
+    acc, term = np.empty(y.shape, dtype=np.float32), np.empty(y.shape, dtype=np.float32)
     for k in range(3):
         np.multiply(centred[0], m[k, 0], out=acc)
-        acc += centred[1] * m[k, 1]
-        acc += centred[2] * m[k, 2]
+        for c in (1, 2):
+            acc += np.multiply(centred[c], m[k, c], out=term)
         out[..., k] = acc
     return out
 

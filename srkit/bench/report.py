@@ -72,12 +72,11 @@ def gate_for(report: dict[str, Any], precision: str) -> float:
 
 def fp32_psnr_y(report: dict[str, Any]) -> float | None:
     """PSNR-Y of the fp32 reference against ground truth: PyTorch fp32, else the best fp32 row."""
-    rows = [r for r in report["results"] if not r.get("error") and r.get("precision") == "fp32"
-            and r.get("psnr_y") is not None]
-    torch_rows = [r for r in rows if r["backend"] == "torch"]
-    if torch_rows:
-        return float(torch_rows[0]["psnr_y"])
-    return max((float(r["psnr_y"]) for r in rows), default=None)
+    base = torch_baseline(report)
+    if base is not None and base.get("psnr_y") is not None:
+        return float(base["psnr_y"])
+    return max((float(r["psnr_y"]) for r in report["results"] if not r.get("error")
+                and r.get("precision") == "fp32" and r.get("psnr_y") is not None), default=None)
 
 
 def within_psnr_budget(report: dict[str, Any], result: dict[str, Any]) -> bool:
@@ -101,14 +100,15 @@ def passes_gate(report: dict[str, Any], result: dict[str, Any]) -> bool:
     return bool(result.get("detail", {}).get("parity_identical")) or no_reference
 
 
+def deployable(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Measured results (not the PyTorch reference) that pass their parity gate and budget with no NaN."""
+    return [r for r in report["results"]
+            if not r.get("error") and r.get("fps") and r["backend"] != "torch" and passes_gate(report, r)]
+
+
 def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The fastest deployable result (not the PyTorch reference) that passes its parity gate with no NaN."""
-    ok = [
-        r
-        for r in report["results"]
-        if not r.get("error") and r.get("fps") and r["backend"] != "torch" and passes_gate(report, r)
-    ]
-    return max(ok, key=lambda r: r["fps"]) if ok else None
+    """The fastest deployable result."""
+    return max(deployable(report), key=lambda r: r["fps"], default=None)
 
 
 def torch_baseline(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -142,8 +142,6 @@ def check_targets(report: dict[str, Any], targets: Targets) -> list[dict[str, An
     """One verdict per target: what was wanted, what was measured (by which result), met or not, and the
     measured / wanted ratio, so a miss says by how much."""
     best = recommend(report)
-    deployable = [r for r in report["results"] if not r.get("error") and r["backend"] != "torch"
-                  and passes_gate(report, r)]
     verdicts = []
 
     def verdict(name: str, wanted: float, measured: float | None, by: str) -> None:
@@ -157,7 +155,7 @@ def check_targets(report: dict[str, Any], targets: Targets) -> list[dict[str, An
     if targets.fps is not None:
         verdict("model-call fps", targets.fps, best["fps"] if best else None, label(best))
     if targets.e2e_fps is not None:
-        e2e = max((r for r in deployable if r.get("e2e_fps")), key=lambda r: r["e2e_fps"], default=None)
+        e2e = max((r for r in deployable(report) if r.get("e2e_fps")), key=lambda r: r["e2e_fps"], default=None)
         verdict("end-to-end fps", targets.e2e_fps, e2e["e2e_fps"] if e2e else None, label(e2e))
     if targets.speedup is not None:
         base = torch_baseline(report)

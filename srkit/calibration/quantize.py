@@ -93,12 +93,6 @@ def _quantize_once(backend: QuantBackend, method: str, model: Path, out: Path, d
         quantize_ort(model, out, data, method=CalibrationMethod(method), nodes_to_exclude=kept)
 
 
-def _validation_images() -> dict[str, object]:
-    from srkit.data import held_out_images
-
-    return dict(held_out_images())  # no held-out photo calibrates the built-in run (calibration.dataset)
-
-
 @contextlib.contextmanager
 def _quiet_libraries() -> Iterator[None]:
     """NNCF logs INFO lines and ORT's quantizer a pre-processing hint for every attempt; the search prints
@@ -166,8 +160,9 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
 
     data = calibration_dataset(calibration, info, samples=samples, patch=patch, seed=seed)
     say(f"calibration: {data.description}")
-    images = _validation_images()
-    valid = B.validation_set(images, info)  # type: ignore[arg-type]
+    from srkit.data import held_out_images
+
+    valid = B.validation_set(held_out_images(), info)  # no held-out photo calibrates the built-in run
     ref = B.reference(model, valid, info, qbackend.engine)
     log = B.SearchLog()
     with tempfile.TemporaryDirectory(prefix="srkit-quant-") as tmp, _quiet_libraries():
@@ -208,7 +203,8 @@ def _search(backend: QuantBackend, method: str, model: Path, tmp: Path, data: Ca
     """Quantize everything. If the budget fails, measure each candidate conv kept alone in float; then grow the
     set of float convs greedily from the best single one, each round adding the candidate that measures best
     together with those already kept, until the budget holds. (Layers interact through bias correction: on
-    ESPCN x3, conv1 + conv2 in float measured worse than conv1 alone, conv1 + conv3 better.)"""
+    ESPCN x3, conv1 + conv2 in float measured worse than conv1 alone, conv1 + conv3 better.) Of the sets that
+    meet the budget in a round, the one with the least work left in float wins, not the most accurate one."""
 
     def attempt(kept: list[str]) -> tuple[B.Measurement, Path]:
         path = tmp / f"attempt-{len(log.attempts)}.onnx"
@@ -226,15 +222,14 @@ def _search(backend: QuantBackend, method: str, model: Path, tmp: Path, data: Ca
     if m.holds(budget):
         return [], m, path
     # keeping every conv in float would give an fp32 model labelled int8: at least one conv must stay int8
-    most_float = _count_convs(model) - 1
+    weights = _conv_weight_sizes(model)
+    most_float = len(weights) - 1
     candidates = B.sensitive_candidates(model, limit=max_float_layers)
     tried: dict[tuple[str, ...], tuple[B.Measurement, Path]] = (
         {(name,): attempt([name]) for name in candidates} if most_float >= 1 else {})
-    weights = _conv_weight_sizes(model)
-    kept: tuple[str, ...] = ()
     while tried:
         held = [names for names, (m, _) in tried.items() if m.holds(budget)]
-        if held:  # of the sets that meet the budget, keep the one with the least work left in float
+        if held:
             kept = min(held, key=lambda names: (sum(weights.get(n, 0) for n in names), -score(tried[names][0])))
             m, path = tried[kept]
             return list(kept), m, path
