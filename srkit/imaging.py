@@ -66,7 +66,10 @@ def from_float(image: np.ndarray, dtype: DTypeLike) -> np.ndarray:
     if dtype == np.float32:
         return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
     peak = 255.0 if dtype == np.uint8 else 65535.0
-    return np.clip(np.rint(image * peak), 0, peak).astype(dtype)
+    scaled = image * np.float32(peak)  # the one temporary: rint and clip work in place (per-frame hot path)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, peak, out=scaled)
+    return scaled.astype(dtype)
 
 
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:

@@ -38,9 +38,11 @@ def test_float_round_trip_is_decided_by_dtype(dtype: type, peak: int) -> None:
     np.testing.assert_array_equal(imaging.from_float(as_float, np.dtype(dtype)), image)
 
 
-def test_from_float_rounds_and_clips() -> None:
-    out = imaging.from_float(np.array([-0.5, 0.5 / 255 + 1e-4, 2.0], dtype=np.float32), np.dtype(np.uint8))
+def test_from_float_rounds_and_clips_and_leaves_its_input_alone() -> None:
+    floats = np.array([-0.5, 0.5 / 255 + 1e-4, 2.0], dtype=np.float32)
+    out = imaging.from_float(floats, np.dtype(np.uint8))
     np.testing.assert_array_equal(out, [0, 1, 255])
+    np.testing.assert_array_equal(floats, np.array([-0.5, 0.5 / 255 + 1e-4, 2.0], dtype=np.float32))
 
 
 def test_describe_rejects_what_it_cannot_upscale() -> None:

@@ -382,7 +382,7 @@ class _Frame:
     signal: dict[str, Any]  # colorspace and range, carried to the output frame
     pixels: np.ndarray  # RGB uint8 (rgb path) or the Y plane as float32 0-1 (yuv path)
     chroma: np.ndarray | None = None  # yuv path: U and V already upscaled, packed as PyAV lays them out
-    result: np.ndarray | None = None
+    result: np.ndarray | None = None  # rgb path: RGB uint8; yuv path: the model's Y, float32
 
 
 def _prepare(frame: Any, use_yuv: bool, scale: int) -> _Frame:
@@ -394,23 +394,19 @@ def _prepare(frame: Any, use_yuv: bool, scale: int) -> _Frame:
     if not use_yuv:
         return _Frame(frame.pts, frame.time_base, signal, frame.to_ndarray(format="rgb24"))
     h, w = frame.height, frame.width
-    planes = frame.to_ndarray(format="yuv420p")
-    y = planes[:h].astype(np.float32) * np.float32(1 / 255)  # video-range luma: the model's Y convention
-    ch, cw = h * scale // 2, w * scale // 2
-    chroma = [
-        imaging.resize_bicubic(p.reshape(h // 2, w // 2).astype(np.float32), ch, cw)
-        for p in (planes[h : h + h // 4], planes[h + h // 4 :])
-    ]
-    packed = np.concatenate(
-        [np.clip(np.rint(p), 0, 255).astype(np.uint8).reshape(-1, w * scale) for p in chroma]
-    )
-    return _Frame(frame.pts, frame.time_base, signal, y, packed)
+    y = frame.to_ndarray(format="yuv420p")[:h].astype(np.float32)
+    y *= np.float32(1 / 255)  # video-range luma: the model's Y convention
+    # U/V: FFmpeg's swscale scales the whole frame (bicubic, chroma siting honoured) in about 1.5 ms a 1080p
+    # frame, four times less than resizing the two planes with Pillow in float; its Y plane is dropped.
+    big = frame.reformat(width=w * scale, height=h * scale, format="yuv420p", interpolation="BICUBIC")
+    chroma = big.to_ndarray(format="yuv420p")[h * scale :]
+    return _Frame(frame.pts, frame.time_base, signal, y, chroma)
 
 
 def _infer(up: Any, item: _Frame, use_yuv: bool) -> _Frame:
     """The caller's thread: only the model (and what Upscaler does around it on the rgb path)."""
     if use_yuv:
-        item.result = imaging.from_float(up.run_model(item.pixels[None, None])[0, 0], np.dtype(np.uint8))
+        item.result = up.run_model(item.pixels[None, None])[0, 0]  # float: the encoder thread converts it
     else:
         item.result = up.upscale(item.pixels)
     item.pixels = item.pixels[:0]  # free the input early: memory stays bounded by the queues
@@ -423,7 +419,8 @@ def _finish(item: _Frame, use_yuv: bool) -> Any:
     assert item.result is not None
     if use_yuv:
         assert item.chroma is not None
-        out = av.VideoFrame.from_ndarray(np.concatenate([item.result, item.chroma]), format="yuv420p")
+        luma = imaging.from_float(item.result, np.dtype(np.uint8))
+        out = av.VideoFrame.from_ndarray(np.concatenate([luma, item.chroma]), format="yuv420p")
     else:
         out = av.VideoFrame.from_ndarray(item.result, format="rgb24")
     out.pts, out.time_base = item.pts, item.time_base
