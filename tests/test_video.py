@@ -98,6 +98,23 @@ def test_video_frames_match_image_upscaling(clip: Path, espcn_x3_onnx: Path, tmp
     assert min(_psnr(a, b) for a, b in zip(outputs[True], outputs[False], strict=True)) > 30
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_portrait_phone_video_keeps_its_display_rotation(tmp_path: Path, espcn_x3_onnx: Path, suffix: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Phones store portrait video landscape plus a display matrix; losing it would show the result sideways."""
+    src = synthesize_clip(tmp_path / "portrait.mp4", size=(W, H), frames=3, fps=FPS, audio=False, rotation=-90)
+    assert probe(src).rotation == 270
+    out = tmp_path / f"up{suffix}"
+    assert run(["upscale", str(src), "-m", str(espcn_x3_onnx), "-o", str(out)]) == 0
+    assert "display rotation 270 degrees kept" in capsys.readouterr().out
+    with av.open(str(out)) as container:
+        first = next(container.decode(video=0))
+        assert (first.width, first.height, first.rotation % 360) == (3 * W, 3 * H, 270)
+    assert probe(out).rotation == 270
+    plain = synthesize_clip(tmp_path / "plain.mp4", size=(W, H), frames=2, fps=FPS, audio=False)
+    assert probe(plain).rotation == 0
+
+
 def test_video_without_audio_and_to_mkv(
     photos: dict[str, np.ndarray], espcn_x3_onnx: Path, tmp_path: Path
 ) -> None:

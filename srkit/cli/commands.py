@@ -203,9 +203,11 @@ def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, c
         _say_what_runs(up)
         result = upscale_video(up, src, dst, options=options, progress=lambda done, fps: advance())
     rate = f"{float(result.rate):g} fps" if result.rate else "variable rate"
+    kept = (", audio copied" if result.audio_copied else "") + (
+        f", display rotation {result.rotation} degrees kept" if result.rotation else "")
     echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
-         f"({result.output_size[0]}x{result.output_size[1]}{', audio copied' if result.audio_copied else ''}) "
-         f"in {result.seconds:.1f} s ({result.fps:.1f} frames/s)")
+         f"({result.output_size[0]}x{result.output_size[1]}{kept}) in {result.seconds:.1f} s "
+         f"({result.fps:.1f} frames/s)")
 
 
 def _upscale_one(up: Upscaler, job: tuple[Path, Path], loaded: ImageFile, quality: int) -> None:

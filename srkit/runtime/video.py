@@ -61,6 +61,7 @@ class VideoProbe:
     pix_fmt: str
     has_audio: bool
     audio_codec: str | None
+    rotation: int = 0  # display rotation, degrees counter-clockwise (phone videos), kept on the output
 
 
 @dataclass
@@ -73,6 +74,7 @@ class VideoResult:
     audio_copied: bool
     seconds: float
     path_taken: str  # "yuv" or "rgb"
+    rotation: int = 0  # the input's display rotation, written on the output too
 
     @property
     def fps(self) -> float:
@@ -100,9 +102,24 @@ def _open_input(src: Path) -> Any:
 def probe(src: str | Path) -> VideoProbe:
     container = _open_input(Path(src))
     try:
-        return _probe_open(container)
+        info = _probe_open(container)
     finally:
         container.close()
+    info.rotation = _display_rotation(Path(src))
+    return info
+
+
+def _display_rotation(src: Path) -> int:
+    """The rotation a player applies (the display matrix a phone writes for portrait video). FFmpeg hands it
+    out with the decoded frames, so this opens the file once more and decodes the first one."""
+    av = _av()
+    try:
+        with av.open(str(src), mode="r") as container:
+            for frame in container.decode(video=0):
+                return round(frame.rotation or 0) % 360
+    except (av.error.FFmpegError, OSError, ValueError):
+        pass  # the real decode reports what is wrong with the file
+    return 0
 
 
 def _probe_open(container: Any) -> VideoProbe:
@@ -220,6 +237,7 @@ def upscale_video(
         encoder_options["preset"] = options.preset
     scale = up.scale
     start = time.perf_counter()
+    rotation = _display_rotation(src)
     source = _open_input(src)
     try:
         info = _probe_open(source)
@@ -241,6 +259,8 @@ def upscale_video(
                 out_video.width, out_video.height = out_w, out_h
                 out_video.pix_fmt = "yuv420p"
                 out_video.time_base = in_video.time_base
+                if rotation:  # upscaled pixels are stored as decoded: players must turn them the same way
+                    out_video.set_display_rotation(rotation)
                 out_audio = _audio_stream(sink, in_audio, dst) if in_audio is not None else None
                 frames = _run(
                     up,
@@ -273,6 +293,7 @@ def upscale_video(
         audio_copied=in_audio is not None,
         seconds=time.perf_counter() - start,
         path_taken="yuv" if use_yuv else "rgb",
+        rotation=rotation,
     )
 
 
@@ -431,10 +452,12 @@ def _finish(item: _Frame, use_yuv: bool) -> Any:
 
 
 def synthesize_clip(
-    path: str | Path, *, size: tuple[int, int] = (64, 48), frames: int = 12, fps: int = 12, audio: bool = True
+    path: str | Path, *, size: tuple[int, int] = (64, 48), frames: int = 12, fps: int = 12, audio: bool = True,
+    rotation: int = 0,
 ) -> Path:
     """A real-content test clip: `frames` H.264 frames of `size` (W, H) panning across the bundled CC0 photos,
-    plus (with `audio`) a mono AAC tone as long as the video. For tests and the 1080p benchmark."""
+    plus (with `audio`) a mono AAC tone as long as the video, and (with `rotation`) the display matrix a phone
+    writes for portrait video. For tests and the 1080p benchmark."""
     from PIL import Image
 
     from srkit.data import held_out_images
@@ -446,6 +469,8 @@ def synthesize_clip(
     try:
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        if rotation:
+            video.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=44100) if audio else None
         if sound is not None:
             sound.layout = "mono"
