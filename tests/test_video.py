@@ -115,6 +115,48 @@ def test_portrait_phone_video_keeps_its_display_rotation(tmp_path: Path, espcn_x
     assert probe(plain).rotation == 0
 
 
+def _write_frames(path: Path, size: tuple[int, int], pix_fmt: str, codec: str, photos: dict[str, np.ndarray]) -> Path:
+    """Four frames of a real photo in a pixel format synthesize_clip does not make (odd sides, 10-bit)."""
+    w, h = size
+    photo = next(iter(photos.values()))[:h, :w]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        for i in range(4):
+            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(photo, i, axis=1)), format="rgb24")
+            container.mux(stream.encode(rgb.reformat(format=pix_fmt)))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_ten_bit_video_stays_ten_bit(tmp_path: Path, espcn_x3_onnx: Path, photos: dict[str, np.ndarray],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    src = _write_frames(tmp_path / "ten.mkv", (W, H), "yuv420p10le", "libx265", photos)
+    out = tmp_path / "ten_x3.mkv"
+    assert run(["upscale", str(src), "-m", str(espcn_x3_onnx), "-o", str(out), "--codec", "libx265",
+                "--crf", "4"]) == 0
+    assert "10-bit" in capsys.readouterr().out
+    assert probe(out).pix_fmt == "yuv420p10le"
+    with av.open(str(src)) as a, av.open(str(out)) as b, Upscaler(espcn_x3_onnx, backend="ort") as up:
+        pairs = zip(a.decode(video=0), b.decode(video=0), strict=True)
+        for before, after in pairs:  # the 16-bit image path, up to x265 at CRF 4
+            expected = up.upscale(before.to_ndarray(format="rgb48le")).astype(np.float64) / 257
+            got = after.to_ndarray(format="rgb48le").astype(np.float64) / 257
+            assert got.shape == (3 * H, 3 * W, 3) and _psnr(expected, got) > 35
+
+
+def test_odd_sided_video_is_cropped_to_even_for_420(tmp_path: Path, espcn_x3_onnx: Path,
+                                                    photos: dict[str, np.ndarray],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    src = _write_frames(tmp_path / "odd.mkv", (W + 1, H + 1), "yuv444p", "libx264", photos)
+    out = tmp_path / "odd_x3.mp4"
+    assert run(["upscale", str(src), "-m", str(espcn_x3_onnx), "-o", str(out)]) == 0
+    assert f"cropped from {3 * W + 3}x{3 * H + 3}" in capsys.readouterr().out
+    got = probe(out)
+    assert (got.width, got.height, got.pix_fmt) == (3 * W + 2, 3 * H + 2, "yuv420p")
+    assert len(list(frames_of(out))) == 4
+
+
 def test_video_without_audio_and_to_mkv(
     photos: dict[str, np.ndarray], espcn_x3_onnx: Path, tmp_path: Path
 ) -> None:

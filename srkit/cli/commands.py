@@ -203,8 +203,13 @@ def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, c
         _say_what_runs(up)
         result = upscale_video(up, src, dst, options=options, progress=lambda done, fps: advance())
     rate = f"{float(result.rate):g} fps" if result.rate else "variable rate"
-    kept = (", audio copied" if result.audio_copied else "") + (
-        f", display rotation {result.rotation} degrees kept" if result.rotation else "")
+    full = (result.input_size[0] * up.scale, result.input_size[1] * up.scale)
+    kept = "".join([
+        ", 10-bit" if "10" in result.pix_fmt else "",
+        f", cropped from {full[0]}x{full[1]}: 4:2:0 needs even sides" if result.output_size != full else "",
+        ", audio copied" if result.audio_copied else "",
+        f", display rotation {result.rotation} degrees kept" if result.rotation else "",
+    ])
     echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
          f"({result.output_size[0]}x{result.output_size[1]}{kept}) in {result.seconds:.1f} s "
          f"({result.fps:.1f} frames/s)")

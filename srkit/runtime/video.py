@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,18 @@ VIDEO_SUFFIXES = {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm"}
 CRF_CODECS = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30, "libsvtav1": 30, "libaom-av1": 30}
 _POLL_S = 0.1
 _END = object()  # end of stream marker between stages
+
+
+class Route(str, Enum):
+    """How frames go through the model."""
+
+    YUV = "yuv"  # Y-channel model on 8-bit 4:2:0: Y plane through the model, U/V scaled by swscale
+    RGB = "rgb"  # 8-bit RGB frames through Upscaler.upscale
+    RGB48 = "rgb48"  # more than 8 bits a sample (10/12-bit video): 16-bit RGB frames, encoded at 10 bits
+
+    @property
+    def frame_format(self) -> str:
+        return {Route.RGB: "rgb24", Route.RGB48: "rgb48le"}.get(self, "yuv420p")
 
 
 def is_video_path(path: str | Path) -> bool:
@@ -73,7 +86,8 @@ class VideoResult:
     rate: Fraction | None
     audio_copied: bool
     seconds: float
-    path_taken: str  # "yuv" or "rgb"
+    path_taken: str  # Route value: "yuv", "rgb" or "rgb48"
+    pix_fmt: str = "yuv420p"  # the output's (yuv420p10le for deeper input where the encoder has it)
     rotation: int = 0  # the input's display rotation, written on the output too
 
     @property
@@ -158,6 +172,8 @@ def check_encoder(codec: str, crf: int | None) -> dict[str, str]:
     if not 0 <= value <= 63:
         raise InputError(f"--crf {value} is out of range (0-51 for x264/x265, 0-63 for VP9/AV1)")
     options = {"crf": str(value)}
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 prints its settings to stderr itself otherwise
     if codec == "libvpx-vp9":
         options["b"] = "0"  # constant quality mode, not a bitrate cap
     return options
@@ -244,20 +260,16 @@ def upscale_video(
         in_video = source.streams.video[0]
         in_audio = source.streams.audio[0] if source.streams.audio else None
         in_video.thread_type = "AUTO"  # frame-threaded decoding
-        use_yuv = (
-            options.yuv_fast_path
-            and up.info.color == Color.Y
-            and info.pix_fmt == "yuv420p"
-            and info.width % 2 == 0
-            and info.height % 2 == 0
-        )
-        out_w, out_h = info.width * scale, info.height * scale
+        route = _route(up, info, options)
+        out_format = _output_format(options.codec, route)
+        # 4:2:0 output needs even sides: an odd one loses its last row or column (a third of a source pixel at x3)
+        out_w, out_h = _even(info.width * scale), _even(info.height * scale)
         with atomic_path(dst) as tmp:
             sink = av.open(str(tmp), mode="w", format=_muxer_for(dst))
             try:
                 out_video = sink.add_stream(options.codec, rate=info.rate, options=encoder_options)
                 out_video.width, out_video.height = out_w, out_h
-                out_video.pix_fmt = "yuv420p"
+                out_video.pix_fmt = out_format
                 out_video.time_base = in_video.time_base
                 if rotation:  # upscaled pixels are stored as decoded: players must turn them the same way
                     out_video.set_display_rotation(rotation)
@@ -270,7 +282,7 @@ def upscale_video(
                     in_audio,
                     out_video,
                     out_audio,
-                    use_yuv,
+                    route,
                     options,
                     progress,
                     start,
@@ -292,9 +304,38 @@ def upscale_video(
         rate=info.rate,
         audio_copied=in_audio is not None,
         seconds=time.perf_counter() - start,
-        path_taken="yuv" if use_yuv else "rgb",
+        path_taken=route.value,
+        pix_fmt=out_format,
         rotation=rotation,
     )
+
+
+def _route(up: Any, info: VideoProbe, options: VideoOptions) -> Route:
+    if _bit_depth(info.pix_fmt) > 8:
+        return Route.RGB48
+    yuv = (options.yuv_fast_path and up.info.color == Color.Y and info.pix_fmt == "yuv420p"
+           and info.width % 2 == 0 and info.height % 2 == 0)
+    return Route.YUV if yuv else Route.RGB
+
+
+def _bit_depth(pix_fmt: str) -> int:
+    try:
+        return max(c.bits for c in _av().VideoFormat(pix_fmt).components)
+    except (ValueError, TypeError):  # an unknown or empty name: FFmpeg decodes it to 8-bit RGB for us
+        return 8
+
+
+def _output_format(codec: str, route: Route) -> str:
+    """4:2:0 (what every player takes), at 10 bits for deeper input where the encoder has it."""
+    if route == Route.RGB48:
+        formats = {f.name for f in _av().codec.Codec(codec, "w").video_formats or []}
+        if "yuv420p10le" in formats:
+            return "yuv420p10le"
+    return "yuv420p"
+
+
+def _even(n: int) -> int:
+    return n - n % 2
 
 
 def _audio_stream(sink: Any, in_audio: Any, dst: Path) -> Any:
@@ -323,7 +364,7 @@ def _run(
     in_audio: Any,
     out_video: Any,
     out_audio: Any,
-    use_yuv: bool,
+    route: Route,
     options: VideoOptions,
     progress: Callable[[int, float], None] | None,
     start: float,
@@ -342,7 +383,7 @@ def _run(
                         pipe.put(decoded, ("audio", packet))
                     continue
                 for frame in packet.decode():
-                    pipe.put(decoded, ("video", _prepare(frame, use_yuv, up.scale)))
+                    pipe.put(decoded, ("video", _prepare(frame, route, up.scale)))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot decode {source.name}: {exc}") from None
         pipe.put(decoded, _END)
@@ -355,7 +396,7 @@ def _run(
                     payload.stream = out_audio
                     sink.mux(payload)
                 else:
-                    sink.mux(out_video.encode(_finish(payload, use_yuv)))
+                    sink.mux(out_video.encode(_finish(payload, route)))
             sink.mux(out_video.encode(None))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot write {sink.name}: {exc}") from None
@@ -366,7 +407,7 @@ def _run(
         while (item := pipe.get(decoded)) is not _END:
             kind, payload = item
             if kind == "video":
-                payload = _infer(up, payload, use_yuv)
+                payload = _infer(up, payload, route)
                 done += 1
             pipe.put(upscaled, (kind, payload))
             if progress is not None and kind == "video":
@@ -401,19 +442,19 @@ class _Frame:
     pts: int | None
     time_base: Fraction | None
     signal: dict[str, Any]  # colorspace and range, carried to the output frame
-    pixels: np.ndarray  # RGB uint8 (rgb path) or the Y plane as float32 0-1 (yuv path)
+    pixels: np.ndarray  # RGB uint8/uint16 (rgb paths) or the Y plane as float32 0-1 (yuv path)
     chroma: np.ndarray | None = None  # yuv path: U and V already upscaled, packed as PyAV lays them out
-    result: np.ndarray | None = None  # rgb path: RGB uint8; yuv path: the model's Y, float32
+    result: np.ndarray | None = None  # rgb paths: RGB as decoded; yuv path: the model's Y, float32
 
 
-def _prepare(frame: Any, use_yuv: bool, scale: int) -> _Frame:
+def _prepare(frame: Any, route: Route, scale: int) -> _Frame:
     """Decoder thread: the frame as arrays; on the yuv path U/V are upscaled here, off the model's thread."""
     signal = {}
     for attr in ("colorspace", "color_range"):
         with contextlib.suppress(AttributeError, ValueError):
             signal[attr] = getattr(frame, attr)
-    if not use_yuv:
-        return _Frame(frame.pts, frame.time_base, signal, frame.to_ndarray(format="rgb24"))
+    if route != Route.YUV:
+        return _Frame(frame.pts, frame.time_base, signal, frame.to_ndarray(format=route.frame_format))
     h, w = frame.height, frame.width
     y = frame.to_ndarray(format="yuv420p")[:h].astype(np.float32)
     y *= np.float32(1 / 255)  # video-range luma: the model's Y convention
@@ -424,9 +465,9 @@ def _prepare(frame: Any, use_yuv: bool, scale: int) -> _Frame:
     return _Frame(frame.pts, frame.time_base, signal, y, chroma)
 
 
-def _infer(up: Any, item: _Frame, use_yuv: bool) -> _Frame:
+def _infer(up: Any, item: _Frame, route: Route) -> _Frame:
     """The caller's thread: only the model (and what Upscaler does around it on the rgb path)."""
-    if use_yuv:
+    if route == Route.YUV:
         item.result = up.run_model(item.pixels[None, None])[0, 0]  # float: the encoder thread converts it
     else:
         item.result = up.upscale(item.pixels)
@@ -434,16 +475,18 @@ def _infer(up: Any, item: _Frame, use_yuv: bool) -> _Frame:
     return item
 
 
-def _finish(item: _Frame, use_yuv: bool) -> Any:
+def _finish(item: _Frame, route: Route) -> Any:
     """Encoder thread: arrays -> a PyAV frame with the input frame's timestamp and signal description."""
     av = _av()
     assert item.result is not None
-    if use_yuv:
+    if route == Route.YUV:
         assert item.chroma is not None
         luma = imaging.from_float(item.result, np.dtype(np.uint8))
         out = av.VideoFrame.from_ndarray(np.concatenate([luma, item.chroma]), format="yuv420p")
     else:
-        out = av.VideoFrame.from_ndarray(item.result, format="rgb24")
+        h, w = item.result.shape[:2]
+        pixels = np.ascontiguousarray(item.result[: _even(h), : _even(w)])
+        out = av.VideoFrame.from_ndarray(pixels, format=route.frame_format)
     out.pts, out.time_base = item.pts, item.time_base
     for attr, value in item.signal.items():
         with contextlib.suppress(AttributeError, ValueError):
