@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -116,6 +117,67 @@ def test_openvino_int8_with_a_residual_layer_in_float_records_its_bias_correctio
     quantize_nncf(model, out, data, method=NncfMethod.PERFORMANCE, nodes_to_exclude=["/conv_first/Conv"])
     assert read_model_info(out).extra["quant_bias_correction"].startswith(("full", "fast"))
     assert "/conv_first/Conv" in check_qdq(out).float_convs
+    # dense blocks concatenate int8 tensors: OpenVINO runs the written model as ONNX Runtime does
+    ov = pytest.importorskip("openvino")
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(0).random((1, 3, 24, 24), dtype=np.float32)
+    expected = ort.InferenceSession(str(out)).run(None, {"input": x})[0]
+    got = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    assert np.abs(got - expected).max() < 0.02
+
+
+def _concat_then_conv(channels: tuple[int, int], rng: np.random.Generator) -> Any:
+    """Two int8 Q/DQ activations (zero point 0, NNCF's symmetric scheme) -> Concat -> Conv with int8 weights:
+    the pattern of every dense block."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    for name in ("a", "b"):
+        inits += [numpy_helper.from_array(np.array(0.03, np.float32), f"{name}_s"),
+                  numpy_helper.from_array(np.array(0, np.int8), f"{name}_z")]
+        nodes += [helper.make_node("QuantizeLinear", [name, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"])]
+    weights = rng.normal(0, 0.05, (32, sum(channels), 3, 3)).astype(np.float32)
+    scale = (np.abs(weights).max(axis=(1, 2, 3)) / 127).astype(np.float32)
+    inits += [numpy_helper.from_array(np.round(weights / scale[:, None, None, None]).astype(np.int8), "wq"),
+              numpy_helper.from_array(scale, "ws"), numpy_helper.from_array(np.zeros(32, np.int8), "wz")]
+    nodes += [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+              helper.make_node("Concat", ["a_dq", "b_dq"], ["cat"], axis=1),
+              helper.make_node("Conv", ["cat", "w"], ["y"], pads=[1, 1, 1, 1])]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, 20, 20])
+              for name, c in zip("ab", channels, strict=True)]
+    graph = helper.make_graph(nodes, "dense", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                     [1, 32, 20, 20])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_int8_concat_inputs_are_stored_unsigned_for_openvino(tmp_path: Path) -> None:
+    """OpenVINO 2026.4's CPU plugin gets Conv(Concat(int8, int8)) wrong; uint8 with zero point 128 holds the same
+    numbers and it gets those right. The rewrite must change nothing for ONNX Runtime."""
+    import onnx
+
+    ov = pytest.importorskip("openvino")
+    ort = pytest.importorskip("onnxruntime")
+    from srkit.calibration.openvino import unsigned_concat_inputs
+
+    rng = np.random.default_rng(0)
+    model = _concat_then_conv((64, 32), rng)
+    before = tmp_path / "before.onnx"
+    onnx.save(model, str(before))
+    assert unsigned_concat_inputs(model) == 2
+    after = tmp_path / "after.onnx"
+    onnx.save(model, str(after))
+    feed = {"a": rng.normal(0, 1, (1, 64, 20, 20)).astype(np.float32),
+            "b": rng.normal(0, 1, (1, 32, 20, 20)).astype(np.float32)}
+    reference = ort.InferenceSession(str(before)).run(None, feed)[0]
+    np.testing.assert_array_equal(ort.InferenceSession(str(after)).run(None, feed)[0], reference)
+    got = ov.Core().compile_model(str(after), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)[0]
+    assert np.abs(got - reference).max() < 1e-3 * np.abs(reference).max()
+    assert {i.data_type for i in model.graph.initializer if i.name.endswith("_z_uint8")} == {onnx.TensorProto.UINT8}
 
 
 def test_openvino_nncf_layer_search_meets_a_budget(espcn_x3_onnx: Path, tmp_path: Path) -> None:
