@@ -253,10 +253,10 @@ def upscale_video(
         encoder_options["preset"] = options.preset
     scale = up.scale
     start = time.perf_counter()
-    rotation = _display_rotation(src)
     source = _open_input(src)
     try:
         info = _probe_open(source)
+        info.rotation = _display_rotation(src)
         in_video = source.streams.video[0]
         in_audio = source.streams.audio[0] if source.streams.audio else None
         in_video.thread_type = "AUTO"  # frame-threaded decoding
@@ -271,8 +271,8 @@ def upscale_video(
                 out_video.width, out_video.height = out_w, out_h
                 out_video.pix_fmt = out_format
                 out_video.time_base = in_video.time_base
-                if rotation:  # upscaled pixels are stored as decoded: players must turn them the same way
-                    out_video.set_display_rotation(rotation)
+                if info.rotation:  # upscaled pixels are stored as decoded: players must turn them the same way
+                    out_video.set_display_rotation(info.rotation)
                 out_audio = _audio_stream(sink, in_audio, dst) if in_audio is not None else None
                 frames = _run(
                     up,
@@ -306,7 +306,7 @@ def upscale_video(
         seconds=time.perf_counter() - start,
         path_taken=route.value,
         pix_fmt=out_format,
-        rotation=rotation,
+        rotation=info.rotation,
     )
 
 
