@@ -16,10 +16,11 @@ ALLOWED = {
     "calibration": {"calibration"},
     "runtime": {"runtime"},
     "bench": {"bench", "runtime"},
-    "cli": {"cli", "models", "export", "calibration", "runtime", "bench"},
+    "cluster": {"cluster", "runtime"},
+    "cli": {"cli", "models", "export", "calibration", "runtime", "bench", "cluster"},
     "__main__": {"cli"},
 }
-HEAVY = {"torch", "onnxruntime", "openvino", "tensorrt", "nncf", "av", "onnxslim", "matplotlib"}
+HEAVY = {"torch", "onnxruntime", "openvino", "tensorrt", "nncf", "av", "onnxslim", "matplotlib", "ray"}
 
 
 def srkit_imports(path: Path, top_level_only: bool) -> list[str]:
@@ -57,7 +58,7 @@ def test_imports_follow_the_tree(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", sorted(p for p in ROOT.rglob("*.py") if package_of(p) in CORE | {"cli", "runtime",
-                                        "bench", "calibration"}), ids=lambda p: str(p.relative_to(ROOT)))
+                                        "bench", "calibration", "cluster"}), ids=lambda p: str(p.relative_to(ROOT)))
 def test_heavy_packages_are_imported_lazily(path: Path) -> None:
     """Outside models/ and export/, torch & co. are imported inside functions, never at module level."""
     heavy = [m for m in srkit_imports(path, top_level_only=True) if m.split(".")[0] in HEAVY]

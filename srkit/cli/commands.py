@@ -288,6 +288,44 @@ def _common_root(jobs: list[tuple[Path, Path]]) -> Path:
     return Path(os.path.commonpath([str(dst.parent) for _, dst in jobs]))
 
 
+def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend: str, device: str, precision: str,
+                   quality: int, out_format: str | None, tile: str | None, tile_overlap: int | None,
+                   workers: int | None, threads_per_worker: int, batch_size: int, gpus_per_worker: float) -> None:
+    """`srkit upscale --ray`: the same (input, output) plan as one machine, run by srkit.cluster on Ray."""
+    from srkit._optional import require
+    from srkit.meta import read_model_info
+
+    require("ray", extra="cluster", purpose="--ray")
+    from srkit.cluster import MANIFEST_NAME, ClusterOptions, upscale_folder_on_ray
+
+    model_path = resolve_onnx(model)
+    jobs = plan_outputs(inputs, output, read_model_info(model_path).scale, out_format)
+    all_inputs = [src for src, _ in jobs]
+    for _, dst in jobs:
+        refuse_overwriting_inputs(dst, all_inputs)
+    _make_output_root(jobs)
+    root = _common_root(jobs)
+    options = ClusterOptions(backend=backend, device=None if gpus_per_worker > 0 and device == "cpu" else device,
+                             precision=precision, tile=tile, tile_overlap=tile_overlap, quality=quality,
+                             workers=workers, threads_per_worker=threads_per_worker, batch_size=batch_size,
+                             gpus_per_worker=gpus_per_worker)
+    with progress(len(jobs), "upscaling on Ray", unit="images") as advance:
+        def on_item(row: dict[str, object]) -> None:
+            if row["status"] == "failed":
+                print(f"srkit: error: {row['src']}: {row['reason']}", file=sys.stderr)
+            advance()
+
+        report = upscale_folder_on_ray(jobs, model_path, options, manifest=root / MANIFEST_NAME, on_item=on_item)
+    for node_id, node in sorted(report.nodes.items(), key=lambda kv: kv[1].ip):
+        echo(f"node {node.ip} ({node_id[:12]}): {node.done} done, {node.skipped} skipped, {node.failed} failed "
+             f"by {len(node.workers)} worker(s)")
+    echo(f"upscaled {report.done} of {report.items} images on Ray ({report.address}, {report.workers} workers, "
+         f"{report.backend} {report.precision}; {report.skipped} already done) into {root} in {report.seconds:.1f} s "
+         f"({report.images_per_s:.2f} images/s); manifest {root / MANIFEST_NAME}")
+    if report.failed:
+        raise InputError(f"{report.failed} of {report.items} images failed (listed above)")
+
+
 # ---- bench -----------------------------------------------------------------------------------------
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, threads: int | None,
           min_time: float, json_out: str | None, md_out: str | None, *, plot_out: str | None = None,

@@ -95,12 +95,30 @@ def info(model: str, as_json: bool) -> None:
 @click.option("--crf", type=click.IntRange(0, 63), default=None,
               help="video: constant rate factor (lower = better) [default: 18 for libx264]")
 @click.option("--preset", default=None, help="video: encoder speed preset (x264: ultrafast .. veryslow)")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="run on the Ray cluster at RAY_ADDRESS (else a local Ray); pip install 'srkit[cluster]'")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="--ray: model actors [default: cluster CPUs / threads per worker]")
+@click.option("--threads-per-worker", type=click.IntRange(1), default=None,
+              help="--ray: backend threads per actor [default: --threads, else 1]")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True,
+              help="--ray: images per actor call")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="--ray: GPUs per actor (fractions share a GPU); > 0 runs on cuda")
 def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: str, device: str,
             precision: str, threads: int | None, quality: int, out_format: str | None, tile: str | None,
-            tile_overlap: int | None, batch: int, codec: str, crf: int | None, preset: str | None) -> None:
+            tile_overlap: int | None, batch: int, codec: str, crf: int | None, preset: str | None,
+            use_ray: bool = False, workers: int | None = None, threads_per_worker: int | None = None,
+            batch_size: int = 4, gpus_per_worker: float = 0.0) -> None:
     """Upscale image files, folders of images, or a video (audio copied, frame rate kept)."""
     from srkit.cli import commands
 
+    if use_ray:
+        commands.upscale_on_ray(list(inputs), model, output, backend=backend, device=device, precision=precision,
+                                quality=quality, out_format=out_format, tile=tile, tile_overlap=tile_overlap,
+                                workers=workers, threads_per_worker=threads_per_worker or threads or 1,
+                                batch_size=batch_size, gpus_per_worker=gpus_per_worker)
+        return
     commands.upscale(list(inputs), model, output, backend=backend, device=device, precision=precision,
                      threads=threads, quality=quality, out_format=out_format, tile=tile,
                      tile_overlap=tile_overlap, batch=batch, codec=codec, crf=crf, preset=preset)

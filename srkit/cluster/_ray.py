@@ -1,0 +1,72 @@
+"""Connecting to Ray: the cluster at RAY_ADDRESS (Ray's own convention, set by `ray job submit`), else a local one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from srkit._optional import require
+from srkit.errors import BackendUnavailableError
+
+# Each actor reserves this many logical CPUs, whatever threads it runs: with whole CPUs a pool on a small node
+# takes every CPU and Ray Data's own tasks wait for one forever (FIELD-NOTES, "Ray on these machines").
+ACTOR_CPUS = 0.5
+
+
+def ray_module() -> ModuleType:
+    return require("ray", extra="cluster", purpose="--ray")
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str  # "local" when srkit started Ray itself
+    started_here: bool
+    cpus: float
+    gpus: float
+    nodes: int
+
+
+def connect(*, num_cpus: int | None = None) -> Connection:
+    """Join the Ray cluster named by RAY_ADDRESS (ray.init honours it), or start a local Ray.
+
+    An already initialised Ray (the Python API inside a user's own Ray program) is used as it is."""
+    ray = ray_module()
+    started_here = False
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                                  "log_to_driver": False}
+        if not address:
+            kwargs["num_cpus"] = num_cpus
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise BackendUnavailableError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc}") from None
+        started_here = not address
+    resources = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return Connection(address=os.environ.get("RAY_ADDRESS") or "local", started_here=started_here,
+                      cpus=float(resources.get("CPU", 0.0)), gpus=float(resources.get("GPU", 0.0)), nodes=nodes)
+
+
+def disconnect(connection: Connection) -> None:
+    if connection.started_here:
+        ray_module().shutdown()
+
+
+def quiet_data_context() -> None:
+    """No progress bars from Ray Data: srkit prints its own summary."""
+    ray = ray_module()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    if hasattr(ctx, "enable_operator_progress_bars"):
+        ctx.enable_operator_progress_bars = False
+
+
+def where_am_i() -> tuple[str, str]:
+    """(node id, node IP) of the calling Ray worker."""
+    ray = ray_module()
+    return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
