@@ -69,4 +69,7 @@ def quiet_data_context() -> None:
 def where_am_i() -> tuple[str, str]:
     """(node id, node IP) of the calling Ray worker."""
     ray = ray_module()
-    return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+    node_id = ray.get_runtime_context().get_node_id()
+    # the address the node was started with (`ray start --node-ip-address`), not a guess from the host's routes
+    ips = [node.get("NodeManagerAddress") for node in ray.nodes() if node.get("NodeID") == node_id]
+    return node_id, (ips[0] if ips and ips[0] else ray.util.get_node_ip_address())
