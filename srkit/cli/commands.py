@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from srkit.bench.report import Targets
+    from srkit.cluster import ClusterOptions
     from srkit.imageio import ImageFile
     from srkit.runtime import Upscaler
 
@@ -290,25 +291,32 @@ def _common_root(jobs: list[tuple[Path, Path]]) -> Path:
 
 def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend: str, device: str, precision: str,
                    quality: int, out_format: str | None, tile: str | None, tile_overlap: int | None,
-                   workers: int | None, threads_per_worker: int, batch_size: int, gpus_per_worker: float) -> None:
+                   workers: int | None, threads_per_worker: int, batch_size: int, gpus_per_worker: float,
+                   codec: str = "libx264", crf: int | None = None, preset: str | None = None) -> None:
     """`srkit upscale --ray`: the same (input, output) plan as one machine, run by srkit.cluster on Ray."""
     from srkit._optional import require
     from srkit.meta import read_model_info
+    from srkit.runtime.video import is_video_path
 
     require("ray", extra="cluster", purpose="--ray")
     from srkit.cluster import MANIFEST_NAME, ClusterOptions, upscale_folder_on_ray
 
     model_path = resolve_onnx(model)
-    jobs = plan_outputs(inputs, output, read_model_info(model_path).scale, out_format)
+    scale = read_model_info(model_path).scale
+    options = ClusterOptions(backend=backend, device=None if gpus_per_worker > 0 and device == "cpu" else device,
+                             precision=precision, tile=tile, tile_overlap=tile_overlap, quality=quality,
+                             workers=workers, threads_per_worker=threads_per_worker, batch_size=batch_size,
+                             gpus_per_worker=gpus_per_worker)
+    if len(inputs) == 1 and is_video_path(inputs[0]):
+        _upscale_video_on_ray(Path(inputs[0]), output, model_path, scale, options, codec=codec, crf=crf,
+                              preset=preset)
+        return
+    jobs = plan_outputs(inputs, output, scale, out_format)
     all_inputs = [src for src, _ in jobs]
     for _, dst in jobs:
         refuse_overwriting_inputs(dst, all_inputs)
     _make_output_root(jobs)
     root = _common_root(jobs)
-    options = ClusterOptions(backend=backend, device=None if gpus_per_worker > 0 and device == "cpu" else device,
-                             precision=precision, tile=tile, tile_overlap=tile_overlap, quality=quality,
-                             workers=workers, threads_per_worker=threads_per_worker, batch_size=batch_size,
-                             gpus_per_worker=gpus_per_worker)
     with progress(len(jobs), "upscaling on Ray", unit="images") as advance:
         def on_item(row: dict[str, object]) -> None:
             if row["status"] == "failed":
@@ -324,6 +332,27 @@ def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend
          f"({report.images_per_s:.2f} images/s); manifest {root / MANIFEST_NAME}")
     if report.failed:
         raise InputError(f"{report.failed} of {report.items} images failed (listed above)")
+
+
+def _upscale_video_on_ray(src: Path, output: str | None, model_path: Path, scale: int, options: ClusterOptions, *,
+                          codec: str, crf: int | None, preset: str | None) -> None:
+    from srkit.cluster.video import upscale_video_on_ray
+    from srkit.runtime.video import VideoOptions, check_encoder, probe
+
+    probe(src)  # a corrupt or missing video, or a bad encoder, fails before Ray starts
+    check_encoder(codec, crf)
+    dst = Path(output) if output else src.with_name(f"{src.stem}_x{scale}.mp4")
+    if dst.is_dir():
+        dst = dst / f"{src.stem}_x{scale}.mp4"
+    refuse_overwriting_inputs(dst, [src])
+    with progress(None, f"upscaling {src.name} on Ray"):
+        video_options = VideoOptions(codec=codec, crf=crf, preset=preset)
+        result = upscale_video_on_ray(src, dst, model_path, options, video_options=video_options)
+    rate = f"{float(result.rate):g} fps" if result.rate else "variable rate"
+    echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
+         f"({result.output_size[0]}x{result.output_size[1]}{', audio copied' if result.audio_copied else ''}) "
+         f"in {result.seconds:.1f} s ({result.fps:.1f} frames/s); {result.segments} segments on "
+         f"{len(result.nodes)} node(s)")
 
 
 # ---- bench -----------------------------------------------------------------------------------------

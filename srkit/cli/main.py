@@ -117,7 +117,8 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
         commands.upscale_on_ray(list(inputs), model, output, backend=backend, device=device, precision=precision,
                                 quality=quality, out_format=out_format, tile=tile, tile_overlap=tile_overlap,
                                 workers=workers, threads_per_worker=threads_per_worker or threads or 1,
-                                batch_size=batch_size, gpus_per_worker=gpus_per_worker)
+                                batch_size=batch_size, gpus_per_worker=gpus_per_worker, codec=codec, crf=crf,
+                                preset=preset)
         return
     commands.upscale(list(inputs), model, output, backend=backend, device=device, precision=precision,
                      threads=threads, quality=quality, out_format=out_format, tile=tile,

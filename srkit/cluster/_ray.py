@@ -58,7 +58,11 @@ def disconnect(connection: Connection) -> None:
 
 def quiet_data_context() -> None:
     """No progress bars from Ray Data: srkit prints its own summary."""
+    import logging
+
     ray = ray_module()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

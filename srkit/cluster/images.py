@@ -12,7 +12,6 @@ every node sees at the same path (NFS, a mounted bucket). The model travels with
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -190,8 +189,6 @@ def upscale_folder_on_ray(jobs: Sequence[tuple[Path, Path]], model: str | Path, 
     connection = connect()
     try:
         quiet_data_context()
-        for name in ("ray.data", "ray.data._internal.progress"):  # our summary replaces Ray Data's
-            logging.getLogger(name).setLevel(logging.WARNING if name == "ray.data" else logging.ERROR)
         count = _worker_count(options, connection)
         worker_options = _worker_options(options)
         rows = [{"src": str(Path(src).resolve()), "dst": str(Path(dst).resolve())} for src, dst in jobs]

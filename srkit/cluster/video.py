@@ -1,0 +1,286 @@
+"""A video on a Ray cluster: cut at keyframes, segments upscaled by the actor pool in parallel, joined in order.
+
+1. The driver reads the packet index (no decoding) and cuts the video at keyframes into about two segments per
+   worker. A segment is decoded from its keyframe; it keeps the frames whose timestamps fall in
+   [its keyframe, the next segment's keyframe), so open-GOP frames that precede a keyframe stay with the segment
+   that can decode them: every frame is upscaled exactly once.
+2. Each actor (one `Upscaler`, loaded once) upscales its segments exactly as srkit.runtime.video does on one
+   machine (the same per-frame steps) and stores each frame as the encoder would receive it, losslessly
+   (zlib-compressed arrays), in a hidden folder beside the output. A segment file is written atomically, so a rerun
+   after a failure redoes only the missing segments.
+3. The driver encodes the frames in order with the single-machine encoder settings, the source's timestamps and
+   time base, and copies the audio once from the source. No seam can appear at a segment boundary: the encoder
+   sees one continuous stream of the same frames a single machine would produce.
+
+The encode is one process (the upscale is the part that costs): the output has the frame count, rate and
+timestamps of the single-machine run, and the same pixels before encoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from srkit._fs import atomic_path
+from srkit.cluster._ray import ACTOR_CPUS, connect, disconnect, quiet_data_context, ray_module
+from srkit.cluster.images import ClusterOptions, _worker_count, _worker_options
+from srkit.cluster.workers import WorkerOptions, _LoadsUpscaler
+from srkit.errors import InputError
+from srkit.runtime import video as single
+
+SEGMENTS_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start_pts: int | None  # None: from the first frame
+    end_pts: int | None  # None: to the last frame
+
+
+@dataclass
+class ClusterVideoResult:
+    path: Path
+    frames: int
+    segments: int
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+    rate: Fraction | None
+    audio_copied: bool
+    seconds: float
+    nodes: dict[str, int]  # node id -> segments upscaled there
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+
+def keyframes(src: Path) -> list[int]:
+    """Presentation timestamps of the video's keyframes, from the packet index (nothing is decoded)."""
+    container = single._open_input(src)
+    try:
+        stream = container.streams.video[0]
+        return sorted(p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None)
+    finally:
+        container.close()
+
+
+def plan_segments(keys: list[int], wanted: int) -> list[Segment]:
+    """About `wanted` segments starting at evenly spaced keyframes (fewer when the video has fewer keyframes)."""
+    if len(keys) <= 1 or wanted <= 1:
+        return [Segment(0, None, None)]
+    step = max(1, round(len(keys) / wanted))
+    starts = keys[step::step]
+    bounds: list[int | None] = [None, *starts, None]
+    return [Segment(i, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+
+# ---- the segment file: one record per frame ------------------------------------------------------
+def _write_record(fh: BinaryIO, meta: dict[str, Any], pixels: np.ndarray) -> None:
+    head = json.dumps({**meta, "shape": pixels.shape, "dtype": pixels.dtype.str}).encode()
+    body = zlib.compress(np.ascontiguousarray(pixels).tobytes(), 1)
+    fh.write(struct.pack("<II", len(head), len(body)) + head + body)
+
+
+def _read_records(path: Path) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    with path.open("rb") as fh:
+        while sizes := fh.read(8):
+            head_len, body_len = struct.unpack("<II", sizes)
+            meta = json.loads(fh.read(head_len))
+            raw = zlib.decompress(fh.read(body_len))
+            yield meta, np.frombuffer(raw, dtype=np.dtype(meta["dtype"])).reshape(meta["shape"])
+
+
+# ---- on the workers ------------------------------------------------------------------------------
+class SegmentUpscaler(_LoadsUpscaler):
+    """Rows (src, folder, index, start, end, route) -> rows (index, frames, node, status)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        frames, nodes = [], []
+        for i in range(len(batch["index"])):
+            segment = Segment(int(batch["index"][i]), _pts(batch["start"][i]), _pts(batch["end"][i]))
+            frames.append(self.segment(Path(str(batch["src"][i])), Path(str(batch["folder"][i])), segment,
+                                       single.Route(str(batch["route"][i]))))
+            nodes.append(self.node_id)
+        return {"index": batch["index"], "frames": np.array(frames), "node": np.array(nodes)}
+
+    def segment(self, src: Path, folder: Path, segment: Segment, route: single.Route) -> int:
+        path = folder / f"{segment.index:06d}.seg"
+        if path.exists():  # complete (atomic): done by an earlier attempt
+            return sum(1 for _ in _read_records(path))
+        container = single._open_input(src)
+        count = 0
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if segment.start_pts is not None:
+                container.seek(segment.start_pts, stream=stream, backward=True, any_frame=False)
+            with atomic_path(path) as tmp, tmp.open("wb") as fh:
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    if segment.start_pts is not None and frame.pts < segment.start_pts:
+                        continue  # belongs to the segment before (decoded there)
+                    if segment.end_pts is not None and frame.pts >= segment.end_pts:
+                        break  # frames come out in presentation order: the rest is the next segment's
+                    item = single._infer(self.upscaler, single._prepare(frame, route, self.upscaler.scale), route)
+                    pixels, fmt = _encoder_input(item, route)
+                    _write_record(fh, {"pts": item.pts, "tb": str(item.time_base), "format": fmt,
+                                       "signal": {k: int(v) for k, v in item.signal.items()}}, pixels)
+                    count += 1
+        finally:
+            container.close()
+        return count
+
+
+def _pts(value: Any) -> int | None:
+    number = int(value)
+    return None if number < 0 else number
+
+
+def _encoder_input(item: Any, route: single.Route) -> tuple[np.ndarray, str]:
+    """What srkit.runtime.video hands the encoder for this frame, as (array, PyAV format)."""
+    out = single._finish(item, route)
+    fmt = out.format.name
+    return out.to_ndarray(format=fmt), fmt
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+def upscale_video_on_ray(src: str | Path, dst: str | Path, model: str | Path, options: ClusterOptions | None = None,
+                         *, video_options: single.VideoOptions | None = None,
+                         segments: int | None = None) -> ClusterVideoResult:
+    """Upscale `src` into `dst` on the Ray cluster at RAY_ADDRESS (else a local Ray): segments in parallel, one
+    encode, audio copied once. `segments`: how many to cut (default: two per worker, at keyframes)."""
+    av = single._av()
+    options = options or ClusterOptions()
+    video_options = video_options or single.VideoOptions()
+    src, dst = Path(src), Path(dst)
+    if not single.is_video_path(dst):
+        raise InputError(f"unsupported video output {dst.suffix!r}; use one of {sorted(single.VIDEO_SUFFIXES)}")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise InputError(f"refusing to overwrite the input {src}; choose another output with -o")
+    encoder_options = single.check_encoder(video_options.codec, video_options.crf)
+    if video_options.preset:
+        encoder_options["preset"] = video_options.preset
+    info = single.probe(src)
+    start = time.perf_counter()
+    from srkit.meta import read_model_info
+
+    model_info = read_model_info(model)
+    route = single._route(_ModelView(model_info), info, video_options)
+    folder = dst.parent / f".{dst.name}.segments"
+    folder.mkdir(parents=True, exist_ok=True)
+    connection = connect()
+    try:
+        quiet_data_context()
+        count = _worker_count(options, connection)
+        plan = plan_segments(keyframes(src), segments or count * SEGMENTS_PER_WORKER)
+        nodes = _upscale_segments(src.resolve(), folder.resolve(), plan, route, Path(model), options,
+                                  _worker_options(options), min(count, len(plan)))
+    finally:
+        disconnect(connection)
+    out_w, out_h = single._even(info.width * model_info.scale), single._even(info.height * model_info.scale)
+    frames, audio = _join(av, src, dst, folder, plan, info, route, video_options, encoder_options, (out_w, out_h))
+    shutil.rmtree(folder, ignore_errors=True)
+    return ClusterVideoResult(path=dst, frames=frames, segments=len(plan), input_size=(info.width, info.height),
+                              output_size=(out_w, out_h), rate=info.rate, audio_copied=audio,
+                              seconds=time.perf_counter() - start, nodes=nodes)
+
+
+@dataclass(frozen=True)
+class _ModelView:
+    """What single._route reads of an Upscaler: its model info (the driver loads no model)."""
+
+    info: Any
+
+
+def _upscale_segments(src: Path, folder: Path, plan: list[Segment], route: single.Route, model: Path,
+                      options: ClusterOptions, worker_options: WorkerOptions, workers: int) -> dict[str, int]:
+    ray = ray_module()
+    rows = [{"src": str(src), "folder": str(folder), "index": s.index, "route": route.value,
+             "start": -1 if s.start_pts is None else s.start_pts, "end": -1 if s.end_pts is None else s.end_pts}
+            for s in plan]
+    args: dict[str, Any] = {
+        "fn_constructor_kwargs": {"model_name": model.name, "model_ref": [ray.put(model.read_bytes())],
+                                  "options": worker_options},
+        "compute": ray.data.ActorPoolStrategy(size=workers), "num_cpus": ACTOR_CPUS, "batch_size": 1,
+        "batch_format": "numpy",
+    }
+    if options.gpus_per_worker > 0:
+        args["num_gpus"] = options.gpus_per_worker
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(SegmentUpscaler, **args)
+    nodes: dict[str, int] = {}
+    for row in ds.iter_rows():
+        nodes[str(row["node"])] = nodes.get(str(row["node"]), 0) + 1
+    return nodes
+
+
+def _join(av: Any, src: Path, dst: Path, folder: Path, plan: list[Segment], info: single.VideoProbe,
+          route: single.Route, video_options: single.VideoOptions, encoder_options: dict[str, str],
+          size: tuple[int, int]) -> tuple[int, bool]:
+    """Encode the segments' frames in order with the single-machine settings; audio copied from `src`."""
+    source = single._open_input(src)
+    frames = 0
+    try:
+        in_video = source.streams.video[0]
+        in_audio = source.streams.audio[0] if source.streams.audio else None
+        audio_packets = (p for p in source.demux(in_audio) if p.dts is not None) if in_audio is not None else None
+        with atomic_path(dst) as tmp:
+            sink = av.open(str(tmp), mode="w", format=single._muxer_for(dst))
+            try:
+                out_video = sink.add_stream(video_options.codec, rate=info.rate, options=encoder_options)
+                out_video.width, out_video.height = size
+                out_video.pix_fmt = single._output_format(video_options.codec, route)
+                out_video.time_base = in_video.time_base
+                if info.rotation:
+                    out_video.set_display_rotation(info.rotation)
+                out_audio = single._audio_stream(sink, in_audio, dst) if in_audio is not None else None
+                pending = next(audio_packets, None) if audio_packets is not None else None
+                for segment in plan:
+                    for meta, pixels in _read_records(folder / f"{segment.index:06d}.seg"):
+                        frame = av.VideoFrame.from_ndarray(pixels, format=meta["format"])
+                        frame.pts, frame.time_base = meta["pts"], Fraction(meta["tb"])
+                        for attr, value in meta["signal"].items():
+                            with contextlib.suppress(AttributeError, ValueError):
+                                setattr(frame, attr, value)
+                        # the audio up to this frame's time first, so the file is interleaved as on one machine
+                        while pending is not None and _seconds(pending) <= _seconds_of(frame):
+                            pending.stream = out_audio
+                            sink.mux(pending)
+                            pending = next(audio_packets, None) if audio_packets is not None else None
+                        sink.mux(out_video.encode(frame))
+                        frames += 1
+                sink.mux(out_video.encode(None))
+                while pending is not None:
+                    pending.stream = out_audio
+                    sink.mux(pending)
+                    pending = next(audio_packets, None) if audio_packets is not None else None
+            except BaseException:
+                with contextlib.suppress(Exception):  # closing a half-written file must not hide the cause
+                    sink.close()
+                raise
+            sink.close()
+            if frames == 0:
+                raise InputError(f"{src} has no decodable video frames")
+    finally:
+        source.close()
+    return frames, in_audio is not None
+
+
+def _seconds(packet: Any) -> float:
+    return float(packet.dts * packet.time_base)
+
+
+def _seconds_of(frame: Any) -> float:
+    return float(frame.pts * frame.time_base)
