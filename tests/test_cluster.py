@@ -79,15 +79,21 @@ def images(tmp_path_factory: pytest.TempPathFactory, espcn_x3_onnx: Path) -> dic
 
 # ---- local mode (CI): a one-node Ray inside this process ----------------------------------------
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")  # this throwaway Ray only
-        mp.delenv("RAY_ADDRESS", raising=False)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
+def _local_ray_module() -> Iterator[None]:
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(_local_ray_module: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-node Ray in this process, started once and shared by the tests of this module that use it (the
+    two-node fixture shuts it down first: its `ray stop` would take it down under us)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if not ray.is_initialized():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_AUTH_MODE", "disabled")  # this throwaway Ray only
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                     log_to_driver=False)
 
 
 def test_local_cli_equals_single_machine_and_reports_the_bad_file(
@@ -130,6 +136,78 @@ def test_local_dataset_api_upscales_arrays_and_paths(local_ray: None, images: di
     assert all(np.array_equal(rows[p.name], w) for p, w in zip(paths[1:], want[1:], strict=True))
 
 
+def clip_with_keyframes(path: Path, frames: int = 40) -> Path:
+    """A real-content H.264 clip with a keyframe every 8 frames (B-frames on) and an AAC track."""
+    av = pytest.importorskip("av")
+    photos = list(held_out_images().values())
+    container = av.open(str(path), "w")
+    video = container.add_stream("libx264", rate=12)
+    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+    video.codec_context.gop_size = 8
+    sound = container.add_stream("aac", rate=44100)
+    sound.layout = "mono"
+    for i in range(frames):
+        crop = np.ascontiguousarray(photos[i % len(photos)][2 * i : 2 * i + 48, 3 * i : 3 * i + 64])
+        container.mux(video.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
+    container.mux(video.encode(None))
+    tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(44100 * frames // 12) / 44100)).astype(np.float32)[None]
+    for k in range(0, tone.shape[1], 1024):
+        samples = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k : k + 1024]), format="fltp",
+                                             layout="mono")
+        samples.sample_rate = 44100
+        container.mux(sound.encode(samples))
+    container.mux(sound.encode(None))
+    container.close()
+    return path
+
+
+def video_facts(path: Path) -> dict[str, Any]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate, time_base = stream.average_rate, stream.time_base
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        audio = [(p.pts, bytes(p)) for p in container.demux(audio=0) if p.dts is not None]
+    return {"pts": [p for p, _ in frames], "pixels": [f for _, f in frames], "rate": rate, "time_base": time_base,
+            "audio": audio}
+
+
+def assert_same_video(got: Path, want: Path, frames: int) -> None:
+    a, b = video_facts(got), video_facts(want)
+    assert len(a["pts"]) == len(b["pts"]) == frames
+    assert (a["pts"], a["rate"], a["time_base"]) == (b["pts"], b["rate"], b["time_base"])  # timestamps, rate
+    assert a["audio"] and a["audio"] == b["audio"]  # the audio, copied once, packet for packet
+    assert all(np.array_equal(x, y) for x, y in zip(a["pixels"], b["pixels"], strict=True))  # no seam anywhere
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory, espcn_x3_onnx: Path) -> dict[str, Path]:
+    pytest.importorskip("av")
+    from srkit.runtime import Upscaler
+    from srkit.runtime.video import upscale_video
+
+    root = tmp_path_factory.mktemp("cluster-video")
+    src = clip_with_keyframes(root / "clip.mp4")
+    with Upscaler(espcn_x3_onnx, backend="ort") as up:
+        upscale_video(up, src, root / "single.mp4")
+    return {"src": src, "single": root / "single.mp4"}
+
+
+def test_local_video_in_segments_equals_single_machine(local_ray: None, clip: dict[str, Path],
+                                                       espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    from srkit.cluster import ClusterOptions
+    from srkit.cluster.video import keyframes, upscale_video_on_ray
+
+    assert len(keyframes(clip["src"])) >= 5  # every 8 frames, plus where x264 sees a scene cut
+    result = upscale_video_on_ray(clip["src"], tmp_path / "x3.mp4", espcn_x3_onnx,
+                                  ClusterOptions(backend="ort", workers=2), segments=3)
+    assert result.segments == 3 and result.frames == 40 and result.audio_copied
+    assert_same_video(tmp_path / "x3.mp4", clip["single"], 40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x3.mp4"]  # the segment files are gone
+
+
 def test_without_ray_the_flag_names_the_extra(monkeypatch: pytest.MonkeyPatch, images: dict[str, Path],
                                               espcn_x3_onnx: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,6 +219,10 @@ def test_without_ray_the_flag_names_the_extra(monkeypatch: pytest.MonkeyPatch, i
 
 
 # ---- a real two-node cluster on loopback ---------------------------------------------------------
+# About 165 s together on a loaded two-core machine (load 18), over the suite's ~90 s budget for CI: `slow`.
+# Run them with `pytest tests/test_cluster.py -m slow`.
+TWO_NODES = pytest.mark.slow
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,6 +240,7 @@ def ray_cli() -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Head + one worker node, 2 logical CPUs each, on 127.0.0.1; `ray stop` in teardown."""
+    ray.shutdown()  # the in-process local Ray, if any: `ray stop` below ends every Ray on this machine
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     port = free_port()
@@ -197,12 +280,14 @@ def first_run(cluster: dict[str, str], images: dict[str, Path], espcn_x3_onnx: P
             "manifest": json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else None}
 
 
+@TWO_NODES
 def test_two_nodes_equal_single_machine(first_run: dict[str, Any], images: dict[str, Path]) -> None:
     assert first_run["manifest"] is not None, first_run["stderr"]
     assert_same_pixels(first_run["out"], images["single"])
     assert not list(first_run["out"].rglob("*.part*"))
 
 
+@TWO_NODES
 def test_two_nodes_both_did_work(first_run: dict[str, Any]) -> None:
     nodes = first_run["manifest"]["nodes"]
     assert len(nodes) == 2, nodes
@@ -212,6 +297,7 @@ def test_two_nodes_both_did_work(first_run: dict[str, Any]) -> None:
     assert sum(line.startswith("node ") for line in first_run["stdout"].splitlines()) == 2  # one line per node
 
 
+@TWO_NODES
 def test_two_nodes_report_the_bad_file_and_do_the_rest(first_run: dict[str, Any]) -> None:
     assert first_run["code"] == 2
     err = first_run["stderr"]
@@ -223,6 +309,7 @@ def test_two_nodes_report_the_bad_file_and_do_the_rest(first_run: dict[str, Any]
     assert manifest["failures"][0]["src"].endswith("sub/broken.png")
 
 
+@TWO_NODES
 def test_two_nodes_resume_redoes_exactly_what_is_missing(
         first_run: dict[str, Any], cluster: dict[str, str], images: dict[str, Path], espcn_x3_onnx: Path,
         tmp_path: Path) -> None:
@@ -256,11 +343,12 @@ def actor_pids() -> list[int]:
     return found
 
 
+@TWO_NODES
 def test_two_nodes_killed_worker_loses_nothing(cluster: dict[str, str], espcn_x3_onnx: Path,
                                                tmp_path: Path) -> None:
     if not Path("/proc/self/cmdline").exists():
         pytest.skip("finding the actor processes needs /proc")
-    write_crops(tmp_path / "in", 36, (120, 160))
+    write_crops(tmp_path / "in", 30, (96, 128))
     single_machine(tmp_path / "in", espcn_x3_onnx, tmp_path / "single")
     out = tmp_path / "out"
     job = srkit_on_ray(cluster, tmp_path / "in", espcn_x3_onnx, out, "--workers", "2", "--batch-size", "1")
@@ -282,10 +370,22 @@ def test_two_nodes_killed_worker_loses_nothing(cluster: dict[str, str], espcn_x3
     code, stdout, stderr = finish(job)
     watcher.join()
     assert killed, f"the job ended before a worker could be killed:\n{stdout}\n{stderr}"
-    assert killed["written"] < 36  # it really was mid-job
+    assert killed["written"] < 30  # it really was mid-job
     assert code == 0, stderr
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["failed"] == 0
-    assert manifest["done"] + manifest["skipped"] == 36  # each item counted once: Ray retried the lost ones
+    assert manifest["done"] + manifest["skipped"] == 30  # each item counted once: Ray retried the lost ones
     assert_same_pixels(out, tmp_path / "single")  # every output exactly once, whole, and right
     assert not list(out.rglob("*.part*"))  # the killed write's temp file was cleaned up
+
+
+@TWO_NODES
+def test_two_nodes_video_comes_back_whole_with_audio(cluster: dict[str, str], clip: dict[str, Path],
+                                                     espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x3.mp4"
+    command = [sys.executable, "-m", "srkit", "upscale", str(clip["src"]), "-m", str(espcn_x3_onnx), "-o", str(out),
+               "--backend", "ort", "--ray", "--workers", "3"]
+    done = subprocess.run(command, env=cluster, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "40 frames" in done.stdout and "audio copied" in done.stdout and "segments on" in done.stdout
+    assert_same_video(out, clip["single"], 40)

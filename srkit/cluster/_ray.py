@@ -38,8 +38,8 @@ def connect(*, num_cpus: int | None = None) -> Connection:
         address = os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
                                   "log_to_driver": False}
-        if not address:
-            kwargs["num_cpus"] = num_cpus
+        if not address:  # a new Ray of our own, even where `ray start` left one running on this machine
+            kwargs.update(address="local", num_cpus=num_cpus)
         try:
             ray.init(**kwargs)
         except ConnectionError as exc:
