@@ -61,7 +61,8 @@ def quiet_data_context() -> None:
     import logging
 
     ray = ray_module()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):  # "execution finished in"
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

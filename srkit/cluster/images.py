@@ -193,6 +193,7 @@ def upscale_folder_on_ray(jobs: Sequence[tuple[Path, Path]], model: str | Path, 
         worker_options = _worker_options(options)
         rows = [{"src": str(Path(src).resolve()), "dst": str(Path(dst).resolve())} for src, dst in jobs]
         blocks = min(MAX_BLOCKS, max(1, math.ceil(len(rows) / options.batch_size)))
+        count = min(count, blocks)  # an actor with no block to work on would only load the model
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         out = ds.map_batches(FileUpscaler, **_map_args(Path(model), options, worker_options, count))
         nodes: dict[str, NodeSummary] = {}
