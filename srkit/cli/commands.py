@@ -327,8 +327,8 @@ def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend
     for node_id, node in sorted(report.nodes.items(), key=lambda kv: kv[1].ip):
         echo(f"node {node.ip} ({node_id[:12]}): {node.done} done, {node.skipped} skipped, {node.failed} failed "
              f"by {len(node.workers)} worker(s)")
-    workers = f"{report.workers} worker{'s' if report.workers != 1 else ''}"
-    echo(f"upscaled {report.done} of {report.items} images on Ray ({report.address}, {workers}, "
+    pool = f"{report.workers} worker{'s' if report.workers != 1 else ''}"
+    echo(f"upscaled {report.done} of {report.items} images on Ray ({report.address}, {pool}, "
          f"{report.backend} {report.precision}; {report.skipped} already done) into {root} in {report.seconds:.1f} s "
          f"({report.images_per_s:.2f} images/s); manifest {root / MANIFEST_NAME}")
     if report.failed:
