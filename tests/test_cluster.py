@@ -58,7 +58,8 @@ def single_machine(inputs: Path, model: Path, out: Path) -> None:
 
 
 def outputs_of(folder: Path) -> dict[str, Path]:
-    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith("srkit-ray-")}  # the manifest and the item log
 
 
 def assert_same_pixels(got: Path, want: Path) -> None:
@@ -114,6 +115,9 @@ def test_local_cli_equals_single_machine_and_reports_the_bad_file(
     assert manifest["backend"] == "ort" and manifest["workers"] == 2
     assert manifest["failures"][0]["src"].endswith("broken.png")
     assert not list(out.rglob("*.part*"))  # no temp file left behind
+    items = [json.loads(line) for line in (out / "srkit-ray-items.jsonl").read_text().splitlines()]
+    assert sorted(Path(i["src"]).name for i in items) == sorted(p.name for p in images["inputs"].rglob("*.png"))
+    assert all(i["node"] in manifest["nodes"] and i["ip"] and i["pid"] > 0 for i in items)  # where each one ran
 
 
 def test_local_dataset_api_upscales_arrays_and_paths(local_ray: None, images: dict[str, Path],

@@ -11,6 +11,7 @@ every node sees at the same path (NFS, a mounted bucket). The model travels with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     import ray.data
 
 MANIFEST_NAME = "srkit-ray-manifest.json"
+ITEMS_NAME = "srkit-ray-items.jsonl"  # beside the manifest: one line per item, with the node it ran on
 MAX_BLOCKS = 4096  # input blocks: enough to balance the pool, few enough that planning stays cheap
 
 
@@ -173,20 +175,22 @@ def upscale_dataset(ds: ray.data.Dataset, model: str | Path, *, backend: str = "
 
 
 # ---- files (the command line) --------------------------------------------------------------------
-def upscale_folder_on_ray(jobs: Sequence[tuple[Path, Path]], model: str | Path, options: ClusterOptions | None = None, *,
-                  manifest: str | Path | None = None,
-                  on_item: Callable[[dict[str, Any]], None] | None = None) -> ClusterReport:
+def upscale_folder_on_ray(jobs: Sequence[tuple[Path, Path]], model: str | Path, options: ClusterOptions | None = None,
+                          *, manifest: str | Path | None = None,
+                          on_item: Callable[[dict[str, Any]], None] | None = None) -> ClusterReport:
     """Upscale (input, output) pairs on the Ray cluster at RAY_ADDRESS (else on a local Ray started here).
 
     Outputs that exist already are skipped (a rerun resumes); an item whose worker dies is retried by Ray on
-    another actor. `manifest`: where to write the JSON summary (per node: done, skipped, failed), if anywhere.
-    `on_item` sees each finished item's row (src, dst, status, reason, node, ip, pid, seconds)."""
+    another actor. `manifest`: where to write the JSON summary (per node: done, skipped, failed), if anywhere;
+    beside it, `srkit-ray-items.jsonl` has one line per item: where it ran (node id, IP, worker pid), its status
+    and reason, and its seconds. `on_item` sees each finished item's row (the same fields)."""
     options = options or ClusterOptions()
     if not jobs:
         raise InputError("no images to upscale")
     ray = ray_module()
     start = time.perf_counter()
     connection = connect()
+    items_log = Path(manifest).with_name(ITEMS_NAME) if manifest is not None else None
     try:
         quiet_data_context()
         count = _worker_count(options, connection)
@@ -198,17 +202,23 @@ def upscale_folder_on_ray(jobs: Sequence[tuple[Path, Path]], model: str | Path, 
         out = ds.map_batches(FileUpscaler, **_map_args(Path(model), options, worker_options, count))
         nodes: dict[str, NodeSummary] = {}
         failures: list[dict[str, str]] = []
-        for batch in out.iter_batches(batch_format="numpy", batch_size=None):
-            for i in range(len(batch["src"])):
-                row = {key: _plain(values[i]) for key, values in batch.items()}
-                node = nodes.setdefault(row["node"], NodeSummary(ip=row["ip"]))
-                setattr(node, row["status"], getattr(node, row["status"]) + 1)
-                if row["pid"] not in node.workers:
-                    node.workers.append(row["pid"])
-                if row["status"] == "failed":
-                    failures.append({"src": row["src"], "reason": row["reason"]})
-                if on_item is not None:
-                    on_item(row)
+        with contextlib.ExitStack() as stack:
+            log = None
+            if items_log is not None:
+                log = stack.enter_context(stack.enter_context(atomic_path(items_log)).open("w"))
+            for batch in out.iter_batches(batch_format="numpy", batch_size=None):
+                for i in range(len(batch["src"])):
+                    row = {key: _plain(values[i]) for key, values in batch.items()}
+                    node = nodes.setdefault(row["node"], NodeSummary(ip=row["ip"]))
+                    setattr(node, row["status"], getattr(node, row["status"]) + 1)
+                    if row["pid"] not in node.workers:
+                        node.workers.append(row["pid"])
+                    if row["status"] == "failed":
+                        failures.append({"src": row["src"], "reason": row["reason"]})
+                    if log is not None:
+                        log.write(json.dumps(row) + "\n")
+                    if on_item is not None:
+                        on_item(row)
     finally:
         disconnect(connection)
     report = ClusterReport(
