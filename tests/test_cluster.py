@@ -78,6 +78,23 @@ def images(tmp_path_factory: pytest.TempPathFactory, espcn_x3_onnx: Path) -> dic
     return {"inputs": root / "in", "single": root / "single"}
 
 
+def test_stale_temp_files_of_a_killed_write_are_recognised_exactly(tmp_path: Path) -> None:
+    """What a killed worker leaves (atomic_path's temp file) is removed; another output's temp file is not."""
+    import tempfile
+
+    from srkit.cluster.workers import remove_stale_parts
+
+    def temp_of(name: str) -> Path:  # exactly as srkit._fs.atomic_path names it
+        target = tmp_path / name
+        fd, path = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}", dir=tmp_path)
+        os.close(fd)
+        return Path(path)
+
+    mine, other, other_suffix = temp_of("a.png"), temp_of("a.b.png"), temp_of("a.jpg")
+    remove_stale_parts(tmp_path / "a.png")
+    assert not mine.exists() and other.exists() and other_suffix.exists()
+
+
 # ---- local mode (CI): a one-node Ray inside this process ----------------------------------------
 @pytest.fixture(scope="module")
 def _local_ray_module() -> Iterator[None]:
