@@ -13,6 +13,7 @@ from srkit.errors import BackendUnavailableError
 # Each actor reserves this many logical CPUs, whatever threads it runs: with whole CPUs a pool on a small node
 # takes every CPU and Ray Data's own tasks wait for one forever (FIELD-NOTES, "Ray on these machines").
 ACTOR_CPUS = 0.5
+ACTOR_START_TIMEOUT_S = 600
 
 
 def ray_module() -> ModuleType:
@@ -57,7 +58,8 @@ def disconnect(connection: Connection) -> None:
 
 
 def quiet_data_context() -> None:
-    """No progress bars from Ray Data: srkit prints its own summary."""
+    """Ray Data as srkit's jobs need it: the pool started whole, no locality, no progress bars (srkit prints its
+    own summary)."""
     import logging
 
     ray = ray_module()
@@ -65,6 +67,13 @@ def quiet_data_context() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     ctx = ray.data.DataContext.get_current()
+    # Every actor up before the first batch is handed out, so the work is spread over all of them (otherwise
+    # the first actors to load the model take a small job whole); a pool that cannot be placed fails after
+    # this long instead of waiting forever.
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    # The rows are file names, not pixels: sending a batch to an actor on the node that holds the block saves
+    # nothing, and would favour the driver's node.
+    ctx.execution_options.actor_locality_enabled = False
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     if hasattr(ctx, "enable_operator_progress_bars"):

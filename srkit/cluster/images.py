@@ -21,9 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from srkit._fs import atomic_path
-from srkit.cluster._ray import ACTOR_CPUS, Connection, connect, disconnect, quiet_data_context, ray_module
+from srkit.cluster._ray import (
+    ACTOR_CPUS,
+    ACTOR_START_TIMEOUT_S,
+    Connection,
+    connect,
+    disconnect,
+    quiet_data_context,
+    ray_module,
+)
 from srkit.cluster.workers import FileUpscaler, ImageBatchUpscaler, WorkerOptions
-from srkit.errors import InputError
+from srkit.errors import BackendUnavailableError, InputError
 
 if TYPE_CHECKING:
     import ray.data
@@ -219,6 +227,10 @@ def upscale_folder_on_ray(jobs: Sequence[tuple[Path, Path]], model: str | Path, 
                         log.write(json.dumps(row) + "\n")
                     if on_item is not None:
                         on_item(row)
+    except ray.exceptions.GetTimeoutError:
+        raise BackendUnavailableError(
+            f"the Ray cluster could not start {count} workers in {ACTOR_START_TIMEOUT_S} s: it has {connection.cpus:g} "
+            f"CPUs and {connection.gpus:g} GPUs; ask for fewer --workers (or --gpus-per-worker)") from None
     finally:
         disconnect(connection)
     report = ClusterReport(
