@@ -32,6 +32,27 @@ class Color(str, Enum):
     Y = "y"  # luma of BT.601 YCbCr; chroma is upscaled bicubically by the runtime
 
 
+class Io(str, Enum):
+    """What a model file takes and returns (`srkit.io`)."""
+
+    TENSOR = "tensor"  # float32 NCHW in 0-1; the host converts colour, pads and rounds (srkit.runtime.Upscaler)
+    RGB8 = "rgb8"  # uint8 [N,H,W,3] RGB in and out: a pipeline model (srkit.pipeline)
+    GRAY8 = "gray8"  # uint8 [N,H,W,1]
+    RGB16 = "rgb16"  # uint16 [N,H,W,3]
+    Y8 = "y8"  # uint8 [N,H,W,1] BT.601 luma (a video's Y plane), Y-channel models only
+
+    @classmethod
+    def parse(cls, value: str | Io) -> Io:
+        try:
+            return cls(str(value.value if isinstance(value, Io) else value).lower())
+        except ValueError:
+            raise InputError(f"unknown --io {value!r}; choose one of: {', '.join(i.value for i in cls)}") from None
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self != Io.TENSOR
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -65,6 +86,7 @@ class ModelInfo:
     parity: dict[str, Any] = field(default_factory=dict)
     static_shape: tuple[int, int] | None = None  # (H, W) of the input when exported with --static
     version: str = ""
+    io: Io = Io.TENSOR
     extra: dict[str, str] = field(default_factory=dict)  # later passes (fp16, int8) record facts here
 
     # ---- ONNX metadata_props <-> ModelInfo -------------------------------------------------------
@@ -84,6 +106,7 @@ class ModelInfo:
             "receptive_field": str(self.receptive_field),
             "parity": json.dumps(self.parity, sort_keys=True),
             "version": self.version,
+            "io": self.io.value,
         }
         if self.static_shape:
             props["static_shape"] = f"{self.static_shape[0]}x{self.static_shape[1]}"
@@ -117,6 +140,7 @@ class ModelInfo:
                 parity=json.loads(ours.pop("parity", "{}") or "{}"),
                 static_shape=_parse_hw(static) if static else None,
                 version=ours.pop("version", ""),
+                io=Io(ours.pop("io", "tensor")),
             )
         except (ValueError, KeyError) as exc:
             raise UnsupportedModelError(f"{where} has malformed srkit metadata: {exc}") from None
@@ -127,6 +151,7 @@ class ModelInfo:
         data = asdict(self)
         data["color"] = self.color.value
         data["precision"] = self.precision.value
+        data["io"] = self.io.value
         return data
 
 

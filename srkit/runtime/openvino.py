@@ -3,6 +3,7 @@ OpenVINO otherwise runs bf16 by default (openvino #19355), which would silently 
 
 from __future__ import annotations
 
+import queue
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Precision
+from srkit.meta import Io, Precision
 from srkit.runtime.base import Backend
 
 HINTS = {Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16"}
@@ -29,10 +30,36 @@ def performance_hint(extra: dict[str, Any]) -> str:
     return hint
 
 
+class _Compiled:
+    """A compiled model and a pool of its idle infer requests. An InferRequest runs one call at a time
+    ("Infer Request is busy", or another thread's output): each call takes an idle request, or makes one
+    when all are busy in other threads, and gives it back afterwards."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.idle.put(compiled.create_infer_request())
+        self.outputs = len(compiled.outputs)
+
+    def run(self, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+        try:
+            request = self.idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer(inputs)
+            # copied before the request goes back to the pool, where the next call overwrites its buffers
+            return [np.array(request.get_output_tensor(i).data, copy=True) for i in range(self.outputs)]
+        finally:
+            self.idle.put(request)
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     title = "OpenVINO"
     module_name = "openvino"
+    thread_safe = True  # a pool of infer requests (_Compiled)
+    runs_pipelines = True
 
     @classmethod
     def devices(cls) -> list[str]:
@@ -81,14 +108,37 @@ class OpenVINOBackend(Backend):
         ov = require("openvino", extra="openvino")
         core = ov.Core()
         device = self._device(core)
-        model = core.read_model(str(self.model_path))
         config = self._config(core, device)
-        self.compiled = core.compile_model(model, device, config)
-        self.request = self.compiled.create_infer_request()
+        self.stages: list[_Compiled] = []
+        if self.info.io != Io.TENSOR and config["INFERENCE_PRECISION_HINT"] != "f32":
+            self.stages = self._compile_in_stages(core, device, config)
+            self.compiled = self.stages[1].compiled
+        else:
+            model = core.read_model(self.graph if self.graph is not None else str(self.model_path))
+            self.compiled = core.compile_model(model, device, config)
+            self.stages = [_Compiled(self.compiled)]
         self.ran_device = device
         self.ran_precision = self._compiled_property("INFERENCE_PRECISION_HINT", config)
         self.ran_hint = self._compiled_property("PERFORMANCE_HINT", config).upper()
         self.execution_devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
+
+    def _compile_in_stages(self, core: Any, device: str, config: dict[str, Any]) -> list[_Compiled]:
+        """A pipeline at a lowered precision: the bf16/f16 hint would lower the colour matrices and the chroma
+        filter too (every Convolution; this CPU plugin honours no per-node opt-out), costing ~35 dB of match
+        with the host path. So pre and post run as their own fp32 models and only the model at the hint."""
+        from srkit.pipeline import split
+
+        if self.graph is None:
+            raise InputError("a pipeline model file runs at fp32 on OpenVINO; for bf16 give the tensor model")
+        import onnx
+
+        stages = split(onnx.load_from_string(self.graph))
+        fp32 = {**config, "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = []
+        for part, part_config in ((stages.pre, fp32), (stages.model, config), (stages.post, fp32)):
+            model = core.read_model(part.SerializeToString())
+            compiled.append(_Compiled(core.compile_model(model, device, part_config)))
+        return compiled
 
     def _compiled_property(self, name: str, config: dict[str, Any]) -> str:
         """What the compiled model reports; AUTO/MULTI do not expose every property, so then what was set."""
@@ -100,11 +150,16 @@ class OpenVINOBackend(Backend):
         return text.split(".")[-1].lower() if name == "INFERENCE_PRECISION_HINT" else text.split(".")[-1]
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        self.request.infer({0: x})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        if len(self.stages) == 3:
+            pre, model, post = self.stages
+            model_in, *carried = pre.run({0: x})
+            (model_out,) = model.run({0: model_in})
+            return post.run(dict(enumerate([model_out, *carried])))[0]
+        out = self.stages[0].run({0: x})[0]
+        return out.astype(np.float32, copy=False) if self.info.io == Io.TENSOR else out
 
     def _close(self) -> None:
-        del self.request, self.compiled
+        del self.stages, self.compiled
 
     def describe(self) -> dict[str, Any]:
         ran = getattr(self, "ran_precision", None)

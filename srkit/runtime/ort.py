@@ -9,8 +9,11 @@ import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import ModelInfo, Precision
+from srkit.meta import Io, ModelInfo, Precision
 from srkit.runtime.base import Backend
+
+ORT_DTYPES: dict[str, type] = {"tensor(float16)": np.float16, "tensor(float)": np.float32,
+                               "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16}
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -53,6 +56,8 @@ class OrtBackend(Backend):
     name = "ort"
     title = "ONNX Runtime"
     module_name = "onnxruntime"
+    thread_safe = True  # InferenceSession.run may be called from several threads at once
+    runs_pipelines = True
 
     @classmethod
     def devices(cls) -> list[str]:
@@ -95,20 +100,21 @@ class OrtBackend(Backend):
             if PROVIDERS["cuda"] in ort.get_available_providers():
                 # nodes TensorRT cannot take run on CUDA (ORT partitions the graph), not on the CPU
                 providers.append((PROVIDERS["cuda"], provider_options("cuda", self.info, self.options.extra)))
-        self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+        source = self.graph if self.graph is not None else str(self.model_path)
+        self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         if self.session.get_providers()[0] != provider:  # ORT falls back quietly when a GPU EP cannot load
             raise BackendUnavailableError(
                 f"ONNX Runtime could not start {provider} (its libraries failed to load) and would run on "
                 f"{', '.join(self.session.get_providers())}; check the CUDA/TensorRT installation"
             )
         self.input_name = self.session.get_inputs()[0].name
-        self.input_dtype = np.float16 if self.session.get_inputs()[0].type == "tensor(float16)" else np.float32
+        # an `--fp16-io` model takes float16, a pipeline model uint8/uint16, everything else float32
+        self.input_dtype = ORT_DTYPES.get(self.session.get_inputs()[0].type, np.float32)
         self.provider = provider
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        # an `--fp16-io` model takes float16; everything else float32
-        x = x.astype(self.input_dtype, copy=False)
-        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+        out = self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
+        return np.asarray(out, dtype=np.float32) if self.info.io == Io.TENSOR else np.asarray(out)
 
     def _close(self) -> None:
         del self.session

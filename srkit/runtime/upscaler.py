@@ -2,11 +2,21 @@
 
 Colour handling follows the model's metadata: Y-channel models see BT.601 luma and the chroma is upscaled
 bicubically; RGB models see RGB; gray images stay gray; alpha is upscaled on its own.
+
+Two routes give the same pixels (to within one level on a few pixels in ten thousand, float rounding):
+- the pipeline: on backends that run ONNX graphs, the model is wrapped at load time in a pipeline graph
+  (srkit.pipeline: uint8 or uint16 NHWC in and out, colour, padding and rounding inside the graph) that runs
+  untiled 8-bit RGB and gray images and 16-bit RGB images, and the video's luma planes. The runtime's kernels
+  do in one pass what numpy does in many, so the end-to-end speed gets close to the model's.
+- the host path: numpy and Pillow around the float model (tiles, alpha, float images, the PyTorch backend,
+  images smaller than the size multiple).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +24,9 @@ import numpy as np
 
 from srkit import imaging
 from srkit.errors import InputError
-from srkit.meta import Color, ModelInfo, Precision, read_model_info
+from srkit.meta import Color, Io, ModelInfo, Precision, read_model_info
 from srkit.runtime import registry, tiling
-from srkit.runtime.base import Backend, BackendOptions
+from srkit.runtime.base import PIPELINE_INPUTS, Backend, BackendOptions
 
 # Refuse (with advice) rather than let one call allocate more than this much float32 output untiled.
 UNTILED_LIMIT_BYTES = 6 << 30
@@ -41,8 +51,10 @@ class Upscaler:
         tile: int | str | tuple[int, int] | None = None,
         tile_overlap: int | None = None,
         memory_budget: int | None = None,
+        pipeline: bool = True,
         **backend_options: Any,
     ) -> None:
+        """`pipeline=False` keeps every image on the host path (for comparisons; the pixels agree)."""
         path = Path(model)
         if path.suffix.lower() != ".onnx":
             raise InputError(
@@ -62,6 +74,10 @@ class Upscaler:
             self.backend: Backend = AutoPrecisionBackend(cls, path, self.info, options)
         else:
             self.backend = cls(path, self.info, options)
+        self._backend_cls = cls
+        self._use_pipelines = pipeline and cls.runs_pipelines
+        self._pipelines: dict[Io, Backend] = {}
+        self._pipeline_lock = threading.Lock()
         self._configure_tiling(tile, tile_overlap, memory_budget)
         extra.setdefault("tile_shape", self.tile)  # compiled backends (TensorRT) build their profile from it
 
@@ -104,17 +120,25 @@ class Upscaler:
 
     def close(self) -> None:
         self.backend.close()
+        with self._pipeline_lock:
+            for backend in self._pipelines.values():
+                backend.close()
+            self._pipelines.clear()
 
     @property
     def scale(self) -> int:
         return self.info.scale
 
     def describe(self) -> dict[str, Any]:
-        return self.backend.describe()
+        described = self.backend.describe()
+        if self._pipelines:
+            described["pipelines"] = sorted(io.value for io in self._pipelines)
+        return described
 
     # ---- the model call -------------------------------------------------------------------------
     def run_model(self, x: np.ndarray) -> np.ndarray:
         """NCHW float32 -> NCHW float32, padding to the model's size multiple and cropping back."""
+        self._require_tensor_model("a float NCHW tensor")
         multiple = self.info.size_multiple
         padded, (h, w) = imaging.pad_to_multiple(x, multiple)
         if self.info.static_shape and padded.shape[2:] != self.info.static_shape:
@@ -137,6 +161,12 @@ class Upscaler:
         """
         layout = imaging.describe(image)
         pixels = image[..., None] if layout.gray else image
+        route = self._pipeline_route(layout, image.shape[:2])
+        if route is not None:
+            self._check_size(*image.shape[:2])
+            out = self._pipeline_backend(route).infer(pixels[None])[0]
+            return out[..., 0] if layout.gray else out
+        self._require_tensor_model(f"a {layout.dtype} image with {layout.channels} channel(s)")
         if layout.channels == 4:
             pixels = self._fill_under_alpha(pixels)
         if self.tile is None:
@@ -161,10 +191,91 @@ class Upscaler:
         h, w = images[0].shape[:2]
         self._check_size(h * len(images), w)
         stack = np.stack([im[..., None] if layout.gray else im for im in images])
+        route = self._pipeline_route(layout, (h, w))
+        if route is not None:
+            outs = self._pipeline_backend(route).infer(stack)
+            return [o[..., 0] if layout.gray else o for o in outs]
+        self._require_tensor_model(f"a {layout.dtype} image with {layout.channels} channel(s)")
         if layout.channels == 4:
             stack = np.stack([self._fill_under_alpha(im) for im in stack])
         out = imaging.from_float(self._upscale_float(imaging.to_float(stack)), layout.dtype)
         return [o[..., 0] if layout.gray else o for o in out]
+
+    def upscale_luma(self, y: np.ndarray) -> np.ndarray:
+        """A uint8 BT.601 luma plane (a video frame's Y, HxW) -> uint8 (sH x sW), for Y-channel models: through
+        the `y8` pipeline where the backend runs one, else the float model and rounding on the host."""
+        if self.info.color != Color.Y or y.dtype != np.uint8 or y.ndim != 2:
+            raise InputError("upscale_luma takes a uint8 HxW luma plane and a Y-channel model")
+        if self._pipeline_route_for(Io.Y8, y.shape) is not None:
+            return self._pipeline_backend(Io.Y8).infer(y[None, :, :, None])[0, :, :, 0]
+        self._require_tensor_model("a luma plane")
+        planes = self.run_model(imaging.to_float(y)[None, None])
+        return imaging.from_float(planes[0, 0], np.dtype(np.uint8))
+
+    def route(self, image: np.ndarray) -> str:
+        """Which path `upscale(image)` takes: "pipeline" (in-graph colour and rounding), "host" or "tiled"."""
+        layout = imaging.describe(image)
+        if self.tile is not None:
+            return "tiled"
+        return "pipeline" if self._pipeline_route(layout, image.shape[:2]) is not None else "host"
+
+    # ---- pipelines (srkit.pipeline) ----------------------------------------------------------------
+    def _pipeline_route(self, layout: imaging.Layout, hw: tuple[int, ...]) -> Io | None:
+        """The pipeline kind that runs this image untiled, or None for the host path."""
+        if self.tile is not None:
+            return None
+        io = {(np.dtype(np.uint8), 3): Io.RGB8, (np.dtype(np.uint8), 1): Io.GRAY8,
+              (np.dtype(np.uint16), 3): Io.RGB16}.get((np.dtype(layout.dtype), layout.channels))
+        return None if io is None else self._pipeline_route_for(io, hw)
+
+    def _pipeline_route_for(self, io: Io, hw: tuple[int, ...]) -> Io | None:
+        from srkit.pipeline import min_side
+
+        big_enough = min(hw[0], hw[1]) >= min_side(self.info)
+        if self.info.io != Io.TENSOR:  # the file itself is a pipeline: it serves its own kind only
+            if io == self.info.io and not big_enough:
+                raise InputError(f"this pipeline model takes images of at least {min_side(self.info)} pixels a side")
+            return io if io == self.info.io else None
+        if not self._use_pipelines or self.info.static_shape is not None:
+            return None
+        if io == Io.Y8 and self.info.color != Color.Y:
+            return None
+        return io if big_enough else None
+
+    def _pipeline_backend(self, io: Io) -> Backend:
+        if self.info.io != Io.TENSOR:
+            return self.backend
+        with self._pipeline_lock:
+            backend = self._pipelines.get(io)
+            if backend is None:
+                backend = self._build_pipeline(io)
+                self._pipelines[io] = backend
+        return backend
+
+    def _build_pipeline(self, io: Io) -> Backend:
+        """Compose the pipeline graph around the model file in memory and open it on this backend, at the
+        precision the tensor model runs (`auto` is measured on the tensor model first)."""
+        import onnx
+
+        from srkit.pipeline import compose
+
+        options = self.backend.options
+        if options.precision == Precision.AUTO:
+            self.backend.activate()
+            choice = getattr(self.backend, "choice", None)
+            options = replace(options, precision=choice.chosen if choice else Precision.FP32)
+        graph = compose(onnx.load(str(self.model_path)), self.info, io).SerializeToString()
+        backend = self._backend_cls(self.model_path, replace(self.info, io=io), options, graph=graph)
+        return backend.activate()
+
+    def _require_tensor_model(self, what: str) -> None:
+        if self.info.io != Io.TENSOR:
+            dtype, channels = PIPELINE_INPUTS[self.info.io]
+            raise InputError(
+                f"{self.model_path} is a pipeline model (srkit.io {self.info.io.value}): it takes "
+                f"{np.dtype(dtype).name} images with {channels} channel(s), untiled, not {what}; "
+                "use the tensor model it was made from for anything else"
+            )
 
     def _fill_under_alpha(self, pixels: np.ndarray) -> np.ndarray:
         """HxWx4 -> float32 HxWx4 with the colour under alpha == 0 filled from the visible neighbours, far
