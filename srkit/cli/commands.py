@@ -56,10 +56,14 @@ def zoo(as_json: bool) -> None:
 
 # ---- export ----------------------------------------------------------------------------------------
 def export(source: str, output: str | None, *, arch: str | None, scale: int | None, opset: int,
-           static: tuple[int, int] | None, verify: bool, fp16: bool = False, fp16_io: bool = False) -> None:
+           static: tuple[int, int] | None, verify: bool, fp16: bool = False, fp16_io: bool = False,
+           io: str = "tensor") -> None:
     from srkit.export import ExportOptions, export_model
+    from srkit.meta import Io
+    from srkit.pipeline import describe_io
 
-    options = ExportOptions(opset=opset, static=static, verify=verify, fp16=fp16, fp16_io=fp16_io)
+    options = ExportOptions(opset=opset, static=static, verify=verify, fp16=fp16, fp16_io=fp16_io,
+                            io=Io.parse(io))
     with progress(None, f"exporting {source}"):
         result = export_model(source, output, arch=arch, scale=scale, options=options)
     info = result.info
@@ -78,22 +82,29 @@ def export(source: str, output: str | None, *, arch: str | None, scale: int | No
         psnr = "inf" if p.psnr_db == float("inf") else f"{p.psnr_db:.1f} dB"
         echo(f"parity vs PyTorch fp32 ({p.backend}): max abs {p.max_abs:.2e}, PSNR {psnr}, "
              f"shapes {', '.join('x'.join(map(str, s)) for s in p.shapes)}  [gate {p.gate}: passed]")
-    else:
+    elif result.pipeline is None:
         echo("parity: NOT verified (--no-verify)")
+    if options.io != Io.TENSOR:
+        echo(f"io: {describe_io(options.io)}")
+        echo(result.pipeline.summary() + "  [gate: passed]" if result.pipeline else "pipeline: NOT verified (--no-verify)")
     echo(f"done in {result.seconds:.1f} s")
 
 
 # ---- info ------------------------------------------------------------------------------------------
 def info(model: str, as_json: bool) -> None:
     from srkit.meta import read_model_info
+    from srkit.pipeline import describe_io
 
-    data = read_model_info(model).to_json()
+    model_info = read_model_info(model)
+    data = model_info.to_json()
     if as_json:
         echo(json.dumps(data, indent=2))
         return
     for key, value in data.items():
         if value in (None, {}, ""):
             continue
+        if key == "io":
+            value = describe_io(model_info.io)
         echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict | list) else value}")
 
 

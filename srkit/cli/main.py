@@ -51,14 +51,19 @@ def zoo(as_json: bool) -> None:
 @click.option("--no-verify", is_flag=True, help="skip the parity gate (not recommended)")
 @click.option("--fp16", is_flag=True, help="fp16 graph, fp32 I/O; nodes that overflow fp16 stay fp32")
 @click.option("--fp16-io", is_flag=True, help="with --fp16: fp16 inputs and outputs too")
+@click.option("--io", "io", type=click.Choice(["tensor", "rgb8", "gray8", "rgb16"]), default="tensor",
+              show_default=True,
+              help="tensor: float32 NCHW 0-1 (srkit does colour and padding); rgb8/gray8/rgb16: a pipeline model, "
+                   "uint8/uint16 NHWC image in and out, colour, padding and rounding inside the graph")
 def export(source: str, output: str | None, arch: str | None, scale: int | None, opset: int,
-           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool) -> None:
-    """Export SOURCE (a bundled name or a checkpoint) to ONNX and verify it against PyTorch."""
+           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool, io: str) -> None:
+    """Export SOURCE (a bundled name, a checkpoint, an ncnn .param, or an exported .onnx for --io) to ONNX and
+    verify it against PyTorch (a pipeline: against srkit's host path)."""
     from srkit.cli import commands
 
     commands.export(source, output, arch=arch, scale=scale, opset=opset,
                     static=parse_hw(static, "--static"), verify=not no_verify, fp16=fp16 or fp16_io,
-                    fp16_io=fp16_io)
+                    fp16_io=fp16_io, io=io)
 
 
 @cli.command()

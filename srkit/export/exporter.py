@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from srkit._optional import require
 from srkit.errors import ExportError, InputError
 from srkit.export import graph
 from srkit.export.parity import ParityReport, run_gate
-from srkit.meta import ModelInfo, Precision
+from srkit.export.pipeline import PipelineReport, run_pipeline_gate
+from srkit.meta import Io, ModelInfo, Precision, read_model_info
 from srkit.models.loader import LoadedModel, load_model
 
 DEFAULT_OPSET = 17
@@ -31,6 +33,7 @@ class ExportOptions:
     fp16: bool = False  # fp16 graph, overflowing nodes kept fp32 (srkit.export.fp16)
     fp16_io: bool = False  # with fp16: fp16 inputs/outputs instead of fp32
     min_psnr_fp16: float = 45.0  # the fp16 gate against PyTorch fp32
+    io: Io = Io.TENSOR  # a pipeline model (srkit.pipeline): uint8/uint16 images in and out
 
 
 @dataclass
@@ -42,10 +45,19 @@ class ExportResult:
     nodes: dict[str, int] = field(default_factory=dict)
     # runtime -> "ok (...)" or "skipped: why": the op-support check (graph.check_runtimes)
     checks: dict[str, str] = field(default_factory=dict)
+    pipeline: PipelineReport | None = None  # --io rgb8...: the pipeline gate against the host path
 
 
-def default_output(source: str) -> Path:
-    return Path(Path(source).stem + ".onnx")
+def default_output(source: str, options: ExportOptions | None = None) -> Path:
+    """NAME.onnx, with the precision and the I/O in the name when they are not the defaults, so an fp16 or a
+    pipeline export never replaces the plain one."""
+    stem = Path(source).stem
+    if options is not None:
+        if options.fp16 and "fp16" not in stem:
+            stem += "-fp16"
+        if options.io != Io.TENSOR:
+            stem += f"-{options.io.value}"
+    return Path(stem + ".onnx")
 
 
 def export_model(
@@ -57,13 +69,15 @@ def export_model(
     options: ExportOptions | None = None,
 ) -> ExportResult:
     options = options or ExportOptions()
+    if Path(source).suffix.lower() == ".onnx":
+        return export_pipeline(source, output, options)
     if not MIN_OPSET <= options.opset <= 23:
         raise InputError(f"--opset {options.opset} is outside the supported range {MIN_OPSET}-23")
     if options.fp16_io and not options.fp16:
         raise InputError("fp16 inputs/outputs (fp16_io) need an fp16 export (fp16=True)")
     start = time.perf_counter()
     loaded = load_model(source, arch=arch, scale=scale)
-    out_path = Path(output) if output else default_output(source)
+    out_path = Path(output) if output else default_output(source, options)
     if out_path.suffix.lower() != ".onnx":
         raise InputError(f"output {out_path} must end in .onnx")
     if not loaded.source.startswith("bundled:") and out_path.resolve() == Path(source).resolve():
@@ -91,10 +105,57 @@ def export_model(
             )
             info.parity = report.to_dict()
             write_with_metadata(model, info, tmp)  # the parity result is part of the artifact
-        nodes: dict[str, int] = {}
-        for op in graph.op_types(model):
-            nodes[op] = nodes.get(op, 0) + 1
-    return ExportResult(out_path, info, report, time.perf_counter() - start, nodes, checks)
+        pipeline_report = None
+        if options.io != Io.TENSOR:
+            model, pipeline_report = wrap_in_pipeline(model, info, options.io, verify=options.verify)
+            info.io = options.io
+            onnx = require("onnx")
+            onnx.save(model, str(tmp))
+            checks = graph.check_runtimes(tmp)
+        nodes = count_ops(model)
+    return ExportResult(out_path, info, report, time.perf_counter() - start, nodes, checks, pipeline_report)
+
+
+def count_ops(model: Any) -> dict[str, int]:
+    nodes: dict[str, int] = {}
+    for op in graph.op_types(model):
+        nodes[op] = nodes.get(op, 0) + 1
+    return nodes
+
+
+def wrap_in_pipeline(model: Any, info: ModelInfo, io: Io, *, verify: bool) -> tuple[Any, PipelineReport | None]:
+    """tensor ModelProto (with its srkit metadata) -> the pipeline ModelProto, gated against the host path."""
+    from srkit.pipeline import compose
+
+    piped = compose(model, info, io)
+    report = run_pipeline_gate(piped, model, info, io) if verify else None
+    if report is not None:
+        entry = piped.metadata_props.add()
+        entry.key, entry.value = "srkit.pipeline_parity", json.dumps(report.to_dict(), sort_keys=True)
+    return piped, report
+
+
+def export_pipeline(source: str, output: str | Path | None, options: ExportOptions) -> ExportResult:
+    """An exported (or quantized) srkit .onnx -> its pipeline model (`--io`); nothing is re-traced."""
+    onnx = require("onnx")
+    start = time.perf_counter()
+    if options.io == Io.TENSOR:
+        raise InputError(f"{source} is already an ONNX model; give --io rgb8, gray8 or rgb16 to make its pipeline")
+    if options.fp16 or options.static is not None:
+        raise InputError("--fp16 and --static apply when exporting from a checkpoint, not to an exported .onnx")
+    info = read_model_info(source)
+    out_path = Path(output) if output else default_output(source, options)
+    if out_path.suffix.lower() != ".onnx":
+        raise InputError(f"output {out_path} must end in .onnx")
+    if out_path.resolve() == Path(source).resolve():
+        raise InputError(f"refusing to overwrite the input {source}")
+    model = onnx.load(str(source))
+    with atomic_path(out_path) as tmp:
+        piped, report = wrap_in_pipeline(model, info, options.io, verify=options.verify)
+        onnx.save(piped, str(tmp))
+        checks = graph.check_runtimes(tmp)
+    info.io = options.io
+    return ExportResult(out_path, info, None, time.perf_counter() - start, count_ops(piped), checks, report)
 
 
 def to_fp16(model: Any, info: ModelInfo, options: ExportOptions) -> Any:

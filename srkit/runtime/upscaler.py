@@ -338,24 +338,9 @@ class Upscaler:
         return out
 
     def _upscale_colour(self, colour: np.ndarray) -> np.ndarray:
-        """NxHxWx1 or NxHxWx3 float in 0-1 -> scaled, same channels."""
-        _, h, w, channels = colour.shape
-        s = self.info.scale
-        if self.info.color == Color.Y:
-            if channels == 1:
-                y = self._run_planes(imaging.gray_to_y(colour))
-                return imaging.y_to_gray(y)
-            ycc = imaging.rgb_to_ycbcr(colour)
-            y = self._run_planes(ycc[..., :1])[..., 0]
-            cb, cr = (np.stack([imaging.resize_bicubic(plane, h * s, w * s) for plane in ycc[..., c]])
-                      for c in (1, 2))
-            return imaging.ycbcr_planes_to_rgb(y, cb, cr)
-        if self.info.in_channels == 3:
-            if channels == 1:
-                rgb = self._run_planes(np.repeat(colour, 3, axis=3))
-                return rgb.mean(axis=3, keepdims=True)
-            return self._run_planes(colour)
-        raise InputError(f"cannot feed a {channels}-channel image to a {self.info.in_channels}-channel model")
+        """NxHxWx1 or NxHxWx3 float in 0-1 -> scaled, same channels (imaging.upscale_colour)."""
+        return imaging.upscale_colour(colour, scale=self.info.scale, color=self.info.color,
+                                      in_channels=self.info.in_channels, run_planes=self._run_planes)
 
     def _check_size(self, h: int, w: int) -> None:
         s = self.info.scale
