@@ -32,6 +32,9 @@ COLUMNS = [
     ("p50 ms", "p50", ".1f"),
     ("p95 ms", "p95", ".1f"),
     ("e2e fps", "e2e_fps", ".1f"),
+    ("e2e/call", "e2e_ratio", ".2f"),
+    ("e2e path", "e2e_path", "s"),
+    ("host e2e fps", "e2e_host_fps", ".1f"),
     ("compile s", "compile_s", ".2f"),
     ("GFLOP/s", "achieved_gflops", ".0f"),
     ("peak", "peak_gflops", ".0f"),
@@ -196,7 +199,9 @@ def describe_setup(report: dict[str, Any]) -> str:
 NOTES = [
     "**fps**, **p50/p95**: the model call alone (NCHW float32 in and out) after warm-up at this shape; "
     "**e2e fps**: a uint8 RGB image in and out through `Upscaler.upscale` (colour conversion and padding "
-    "included).",
+    "included); **e2e/call** = e2e fps / fps; **e2e path**: `pipeline` when colour, padding and rounding ran "
+    "inside the graph (srkit.pipeline), `host` when numpy did them; **host e2e fps**: the host path measured "
+    "in the same run, for comparison.",
     "**compile s**: session / compiled-model build time, not in any fps.",
     "**GFLOP/s**: FLOPs counted from the ONNX graph at this input size x fps; **peak**: the best GFLOP/s "
     "of a large Conv / MatMul on the same backend at the same precision, measured in the same process "

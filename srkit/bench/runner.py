@@ -76,6 +76,9 @@ class BenchResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     e2e_fps: float | None = None
     e2e_latency_ms: dict[str, float] = field(default_factory=dict)
+    e2e_path: str | None = None  # "pipeline" (colour and rounding in the graph) or "host" (numpy around it)
+    e2e_ratio: float | None = None  # e2e_fps / fps: how close end to end gets to the model call
+    e2e_host_fps: float | None = None  # the host path in the same run, when e2e went through the pipeline
     compile_s: float | None = None
     peak_rss_mb: float | None = None
     psnr_y: float | None = None
@@ -406,6 +409,12 @@ def run(
     e2e = measure(lambda: up.upscale(rgb), warmup=1, min_time_s=config.min_time_s, min_calls=5)
     result.e2e_fps = round(e2e.fps, 2)
     result.e2e_latency_ms = {"p50": round(e2e.p50, 3), "p95": round(e2e.p95, 3)}
+    result.e2e_path = up.route(rgb)
+    result.e2e_ratio = round(e2e.fps / timed.fps, 3) if timed.fps else None
+    if result.e2e_path == "pipeline":
+        host = measure(lambda: up.upscale(rgb, pipeline=False), warmup=1, min_time_s=config.min_time_s,
+                       min_calls=5)
+        result.e2e_host_fps = round(host.fps, 2)
     if pairs:
         quality(up, pairs, up.info.scale, result)
 

@@ -154,14 +154,17 @@ class Upscaler:
         return self.run_model(np.ascontiguousarray(nchw, dtype=np.float32)).transpose(0, 2, 3, 1)
 
     # ---- images ---------------------------------------------------------------------------------
-    def upscale(self, image: np.ndarray, *, on_tile: Callable[[], None] | None = None) -> np.ndarray:
+    def upscale(
+        self, image: np.ndarray, *, on_tile: Callable[[], None] | None = None, pipeline: bool = True
+    ) -> np.ndarray:
         """HxW or HxWxC (C = 1, 3, 4) uint8/uint16/float32 RGB -> the same dtype and channels, scaled.
 
         With `tile` set, the image goes through in tiles and the float32 result is never held whole.
+        `pipeline=False` takes the host path for this call even where a pipeline graph would run it.
         """
         layout = imaging.describe(image)
         pixels = image[..., None] if layout.gray else image
-        route = self._pipeline_route(layout, image.shape[:2])
+        route = self._pipeline_route(layout, image.shape[:2]) if pipeline else None
         if route is not None:
             self._check_size(*image.shape[:2])
             out = self._pipeline_backend(route).infer(pixels[None])[0]
