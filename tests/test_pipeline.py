@@ -15,7 +15,7 @@ import pytest
 from srkit import imaging
 from srkit.errors import InputError, UnsupportedModelError
 from srkit.meta import Io, read_model_info
-from srkit.pipeline import PIPELINE_OPS, PREFIX, compose, phase_taps, polyphase_weights
+from srkit.pipeline import PIPELINE_OPS, PREFIX, Rounding, compose, phase_taps, polyphase_weights
 from srkit.runtime import Upscaler
 from srkit.runtime import registry as backends
 
@@ -143,6 +143,25 @@ def test_batches_go_through_the_pipeline(espcn_x3_onnx: Path, sample_rgb: np.nda
         singles = [up.upscale(im) for im in images]
     for a, b in zip(batch, singles, strict=True):
         assert a.shape == (90, 123, 3) and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", [Io.RGB8, Io.GRAY8])
+def test_quantize_rounding_gives_the_portable_pixels(espcn_x3_onnx: Path, sample_rgb: np.ndarray, kind: Io) -> None:
+    """ONNX Runtime's pipelines round with one QuantizeLinear; the exported files with Round, Clip, Cast."""
+    import onnx
+    import onnxruntime as ort
+
+    model, info = onnx.load(str(espcn_x3_onnx)), read_model_info(espcn_x3_onnx)
+    image = _image(sample_rgb, kind, 45, 61)
+    image = image[None] if kind == Io.RGB8 else image[None, ..., None]
+    outs = []
+    for rounding in Rounding:
+        graph = compose(model, info, kind, rounding=rounding)
+        assert ("QuantizeLinear" in {n.op_type for n in graph.graph.node}) == (rounding == Rounding.QUANTIZE)
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs.append(session.run(None, {"image": image})[0])
+    diff = np.abs(outs[0].astype(int) - outs[1].astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.9999
 
 
 # ---- the file: export, metadata, int8 and fp16 ---------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 
 from srkit.errors import InputError, SrkitError, UnsupportedModelError
 from srkit.meta import Io, ModelInfo, Precision
+from srkit.pipeline import Rounding
 
 # what each pipeline I/O kind takes: (dtype, channels); srkit.pipeline builds the graphs
 PIPELINE_INPUTS: dict[Io, tuple[type, int]] = {
@@ -39,6 +40,9 @@ class Backend(ABC):
     # Whether this backend runs srkit pipeline graphs (uint8/uint16 NHWC in and out, srkit.pipeline) given as
     # serialized ONNX (`graph=`). Backends that run something else (the PyTorch module) say False.
     runs_pipelines: ClassVar[bool] = False
+    # How the pipelines srkit composes for this backend round to pixels (same pixels either way; the fastest
+    # form this backend runs, measured: srkit.pipeline.Rounding).
+    pipeline_rounding: ClassVar[Rounding] = Rounding.PORTABLE
 
     def __init__(
         self, model_path: Path, info: ModelInfo, options: BackendOptions, *, graph: bytes | None = None

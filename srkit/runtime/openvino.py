@@ -12,6 +12,7 @@ import numpy as np
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import Io, Precision
+from srkit.pipeline import INPUT_NAME as PIPELINE_INPUT
 from srkit.runtime.base import Backend
 
 HINTS = {Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16"}
@@ -40,8 +41,9 @@ class _Compiled:
         self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.idle.put(compiled.create_infer_request())
         self.outputs = len(compiled.outputs)
+        self.input_names = [i.get_any_name() for i in compiled.inputs]
 
-    def run(self, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: dict[Any, np.ndarray]) -> list[np.ndarray]:
         try:
             request = self.idle.get_nowait()
         except queue.Empty:
@@ -133,6 +135,7 @@ class OpenVINOBackend(Backend):
         import onnx
 
         stages = split(onnx.load_from_string(self.graph))
+        self.stage_names = (stages.model_output,)
         fp32 = {**config, "INFERENCE_PRECISION_HINT": "f32"}
         compiled = []
         for part, part_config in ((stages.pre, fp32), (stages.model, config), (stages.post, fp32)):
@@ -152,9 +155,11 @@ class OpenVINOBackend(Backend):
     def _infer(self, x: np.ndarray) -> np.ndarray:
         if len(self.stages) == 3:
             pre, model, post = self.stages
-            model_in, *carried = pre.run({0: x})
+            (model_in,) = pre.run({0: x})
             (model_out,) = model.run({0: model_in})
-            return post.run(dict(enumerate([model_out, *carried])))[0]
+            # post takes the model's output and, where it needs it (chroma, the crop's size), the image
+            feeds = {self.stage_names[0]: model_out, PIPELINE_INPUT: x}
+            return post.run({name: feeds[name] for name in post.input_names})[0]
         out = self.stages[0].run({0: x})[0]
         return out.astype(np.float32, copy=False) if self.info.io == Io.TENSOR else out
 

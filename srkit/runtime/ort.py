@@ -10,6 +10,7 @@ import numpy as np
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import Io, ModelInfo, Precision
+from srkit.pipeline import Rounding
 from srkit.runtime.base import Backend
 
 ORT_DTYPES: dict[str, type] = {"tensor(float16)": np.float16, "tensor(float)": np.float32,
@@ -58,6 +59,8 @@ class OrtBackend(Backend):
     module_name = "onnxruntime"
     thread_safe = True  # InferenceSession.run may be called from several threads at once
     runs_pipelines = True
+    # one QuantizeLinear instead of Mul, Round, Clip, Cast: 3-4x less time for that step on the CPU EP
+    pipeline_rounding = Rounding.QUANTIZE
 
     @classmethod
     def devices(cls) -> list[str]:

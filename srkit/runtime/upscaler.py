@@ -267,7 +267,8 @@ class Upscaler:
             self.backend.activate()
             choice = getattr(self.backend, "choice", None)
             options = replace(options, precision=choice.chosen if choice else Precision.FP32)
-        graph = compose(onnx.load(str(self.model_path)), self.info, io).SerializeToString()
+        model = onnx.load(str(self.model_path))
+        graph = compose(model, self.info, io, rounding=self._backend_cls.pipeline_rounding).SerializeToString()
         backend = self._backend_cls(self.model_path, replace(self.info, io=io), options, graph=graph)
         return backend.activate()
 
