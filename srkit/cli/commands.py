@@ -156,7 +156,7 @@ def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, 
 
     model_path = resolve_onnx(model)
     up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads,
-                  tile=tile, tile_overlap=tile_overlap)
+                  tile=tile, tile_overlap=tile_overlap, on_note=lambda note: print(f"srkit: {note}", file=sys.stderr))
     if len(inputs) == 1 and is_video_path(inputs[0]):
         _upscale_video(up, Path(inputs[0]), output, codec=codec, crf=crf, preset=preset)
         return

@@ -14,6 +14,7 @@ Two routes give the same pixels (to within one level on a few pixels in ten thou
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,8 +29,10 @@ from srkit.meta import Color, Io, ModelInfo, Precision, read_model_info
 from srkit.runtime import registry, tiling
 from srkit.runtime.base import PIPELINE_INPUTS, Backend, BackendOptions
 
-# Refuse (with advice) rather than let one call allocate more than this much float32 output untiled.
-UNTILED_LIMIT_BYTES = 6 << 30
+# An untiled call whose working memory would pass this (or half the free memory) is tiled automatically:
+# a 6000x4000 photo through ESPCN x3 untiled peaked at 20 GB, tiled at 1.7 GB.
+UNTILED_BUDGET_BYTES = 2 << 30
+log = logging.getLogger("srkit")
 
 
 class Upscaler:
@@ -52,9 +55,13 @@ class Upscaler:
         tile_overlap: int | None = None,
         memory_budget: int | None = None,
         pipeline: bool = True,
+        on_note: Callable[[str], None] | None = None,
         **backend_options: Any,
     ) -> None:
-        """`pipeline=False` keeps every image on the host path (for comparisons; the pixels agree)."""
+        """`pipeline=False` keeps every image on the host path (for comparisons; the pixels agree).
+        `on_note` receives one-line notes on what srkit decided for the user (an image tiled automatically
+        because it would not fit in memory untiled); by default they go to the "srkit" logger."""
+        self.on_note = on_note or log.info
         path = Path(model)
         if path.suffix.lower() != ".onnx":
             raise InputError(
@@ -164,20 +171,19 @@ class Upscaler:
         """
         layout = imaging.describe(image)
         pixels = image[..., None] if layout.gray else image
-        route = self._pipeline_route(layout, image.shape[:2]) if pipeline else None
+        h, w = image.shape[:2]
+        tile = self._tile_for(h, w, announce=True)
+        route = self._pipeline_route(layout, (h, w)) if pipeline and tile is None else None
         if route is not None:
-            self._check_size(*image.shape[:2])
             out = self._pipeline_backend(route).infer(pixels[None])[0]
             return out[..., 0] if layout.gray else out
         self._require_tensor_model(f"a {layout.dtype} image with {layout.channels} channel(s)")
         if layout.channels == 4:
             pixels = self._fill_under_alpha(pixels)
-        if self.tile is None:
-            h, w = image.shape[:2]
-            self._check_size(h, w)
+        if tile is None:
             out = imaging.from_float(self._upscale_float(imaging.to_float(pixels)[None])[0], layout.dtype)
         else:
-            out = self._upscale_tiled(pixels, layout.dtype, on_tile)
+            out = self._upscale_tiled(pixels, layout.dtype, on_tile, tile)
         return out[..., 0] if layout.gray else out
 
     def upscale_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -188,11 +194,11 @@ class Upscaler:
         layouts = [imaging.describe(im) for im in images]
         same = all(im.shape == images[0].shape and lay == layouts[0]
                    for im, lay in zip(images, layouts, strict=True))
-        if self.tile is not None or not same or len(images) == 1 or self.info.static_shape:
+        h, w = images[0].shape[:2]
+        if (self.tile is not None or not same or len(images) == 1 or self.info.static_shape
+                or self._tile_for(h * len(images), w) is not None):  # too big as one batch: one by one
             return [self.upscale(im) for im in images]
         layout = layouts[0]
-        h, w = images[0].shape[:2]
-        self._check_size(h * len(images), w)
         stack = np.stack([im[..., None] if layout.gray else im for im in images])
         route = self._pipeline_route(layout, (h, w))
         if route is not None:
@@ -218,7 +224,7 @@ class Upscaler:
     def route(self, image: np.ndarray) -> str:
         """Which path `upscale(image)` takes: "pipeline" (in-graph colour and rounding), "host" or "tiled"."""
         layout = imaging.describe(image)
-        if self.tile is not None:
+        if self._tile_for(*image.shape[:2]) is not None:
             return "tiled"
         return "pipeline" if self._pipeline_route(layout, image.shape[:2]) is not None else "host"
 
@@ -291,14 +297,38 @@ class Upscaler:
         colour = imaging.fill_transparent(floats[..., :3], alpha, self.info.receptive_field + 2)
         return np.concatenate([colour, floats[..., 3:]], axis=2)
 
+    def _tile_for(self, height: int, width: int, *, announce: bool = False) -> int | tuple[int, int] | None:
+        """The tile an image of this size goes through: the configured one, or, untiled, an automatic one
+        when the untiled call would not fit comfortably in memory (announced through `on_note`)."""
+        if self.tile is not None:
+            return self.tile
+        need = self._untiled_bytes(height, width)
+        free = tiling.available_memory_bytes()
+        budget = min(UNTILED_BUDGET_BYTES, free // 2) if free else UNTILED_BUDGET_BYTES
+        if need <= budget:
+            return None
+        side = tiling.auto_tile_size(scale=self.info.scale, features=tiling.features_of(self.info.params),
+                                     overlap=self.tile_overlap, multiple=self.info.size_multiple)
+        if announce:
+            self.on_note(f"{width}x{height} needs about {need / 2**30:.1f} GiB untiled; tiling it automatically "
+                         f"({side}x{side} tiles; --tile sets them)")
+        return side
+
+    def _untiled_bytes(self, height: int, width: int) -> int:
+        """Working memory of one untiled call: two float32 feature maps of the network's width at the input's
+        size, and the float32 output with its temporaries (about four copies)."""
+        pixels_in = height * width
+        features = tiling.features_of(self.info.params)
+        return 4 * (2 * features * pixels_in + 4 * 4 * pixels_in * self.info.scale**2)
+
     def _upscale_tiled(
-        self, pixels: np.ndarray, dtype: np.dtype, on_tile: Callable[[], None] | None
+        self, pixels: np.ndarray, dtype: np.dtype, on_tile: Callable[[], None] | None,
+        tile: int | tuple[int, int],
     ) -> np.ndarray:
         h, w, channels = pixels.shape
         s, multiple = self.info.scale, self.info.size_multiple
         padded = imaging.pad_hw_to_multiple(pixels, multiple)
-        assert self.tile is not None
-        th, tw = self.tile if isinstance(self.tile, tuple) else (self.tile, self.tile)
+        th, tw = tile if isinstance(tile, tuple) else (tile, tile)
         fixed = self.info.static_shape is not None
         if fixed:  # a static model cannot take a smaller tile: pad the image up to one
             padded = imaging.pad_hw(padded, max(padded.shape[0], th), max(padded.shape[1], tw))
@@ -317,11 +347,12 @@ class Upscaler:
 
     def tile_plan(self, height: int, width: int) -> tiling.TilePlan | None:
         """The tiles an image of this size is cut into (None when not tiling), for progress and tests."""
-        if self.tile is None:
+        tile = self._tile_for(height, width)
+        if tile is None:
             return None
         multiple = self.info.size_multiple
         ph, pw = height + (-height) % multiple, width + (-width) % multiple
-        th, tw = self.tile if isinstance(self.tile, tuple) else (self.tile, self.tile)
+        th, tw = tile if isinstance(tile, tuple) else (tile, tile)
         fixed = self.info.static_shape is not None
         if fixed:
             ph, pw = max(ph, th), max(pw, tw)
@@ -345,12 +376,3 @@ class Upscaler:
         """NxHxWx1 or NxHxWx3 float in 0-1 -> scaled, same channels (imaging.upscale_colour)."""
         return imaging.upscale_colour(colour, scale=self.info.scale, color=self.info.color,
                                       in_channels=self.info.in_channels, run_planes=self._run_planes)
-
-    def _check_size(self, h: int, w: int) -> None:
-        s = self.info.scale
-        out_bytes = h * s * w * s * 4 * 4
-        if out_bytes > UNTILED_LIMIT_BYTES:
-            raise InputError(
-                f"a {w}x{h} image upscaled x{s} needs about {out_bytes >> 30} GiB of float32 at once; "
-                "use tiling (--tile N or --tile auto; Upscaler(tile=...))"
-            )
