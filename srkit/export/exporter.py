@@ -16,6 +16,7 @@ from srkit.export import graph
 from srkit.export.parity import ParityReport, run_gate
 from srkit.meta import ModelInfo, Precision
 from srkit.models.loader import LoadedModel, load_model
+from srkit.quality import FP16_EXPORT_GATE_DB, FP32_EXPORT_MAX_ABS
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 11  # DepthToSpace has no CRD mode before opset 11
@@ -26,11 +27,11 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     static: tuple[int, int] | None = None  # (H, W) of the low-resolution input
     verify: bool = True
-    max_abs: float = 1e-4
+    max_abs: float = FP32_EXPORT_MAX_ABS
     simplify: bool = True
     fp16: bool = False  # fp16 graph, overflowing nodes kept fp32 (srkit.export.fp16)
     fp16_io: bool = False  # with fp16: fp16 inputs/outputs instead of fp32
-    min_psnr_fp16: float = 45.0  # the fp16 gate against PyTorch fp32
+    min_psnr_fp16: float = FP16_EXPORT_GATE_DB  # the fp16 gate against PyTorch fp32
 
 
 @dataclass
