@@ -322,7 +322,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             "reference": "PyTorch fp32" if ref is not None else f"unavailable: {ref_error}",
             "parity_gates_db": PARITY_GATES_DB,
             # a PSNR-trained model's reduced precisions must also keep their PSNR-Y within this of fp32
-            "max_psnr_drop_db": None if judged_by_parity(info.arch) else DEFAULT_MAX_PSNR_DROP_DB,
+            "max_psnr_drop_db": None if judged_by_parity(info) else DEFAULT_MAX_PSNR_DROP_DB,
         },
         "results": results,
     }

@@ -37,7 +37,7 @@ class BudgetMode(str, Enum):
 
 
 def default_mode(info: ModelInfo) -> BudgetMode:
-    return BudgetMode.PARITY if judged_by_parity(info.arch) else BudgetMode.GROUND_TRUTH
+    return BudgetMode.PARITY if judged_by_parity(info) else BudgetMode.GROUND_TRUTH
 
 
 @dataclass(frozen=True)

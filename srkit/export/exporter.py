@@ -106,7 +106,7 @@ def to_fp16(model: Any, info: ModelInfo, options: ExportOptions) -> Any:
     if options.static is not None:  # a static graph takes exactly one shape: calibrate at it
         batches = fp16.calibration_batches(info.in_channels, info.size_multiple, size=options.static, batch=1)
     half, report = fp16.to_fp16(model, channels=info.in_channels, size_multiple=info.size_multiple,
-                                fp16_io=options.fp16_io, batches=batches)
+                                fp16_io=options.fp16_io, batches=batches, headroom=fp16.headroom_for(info))
     info.precision = Precision.FP16
     info.extra.update(report.to_extra())
     return half
@@ -119,8 +119,7 @@ def describe(loaded: LoadedModel, options: ExportOptions) -> ModelInfo:
         scale=int(params["scale"]),
         in_channels=int(params.get("in_channels", 1 if spec.color.value == "y" else 3)),
         color=spec.color,
-        # a module may need more than its architecture's default (RRDBNet x2/x1: pixel-unshuffle by 2/4)
-        size_multiple=int(getattr(loaded.module, "size_multiple", spec.size_multiple)),
+        size_multiple=spec.size_multiple(params),  # from the loaded weights' hyperparameters
         precision=Precision.FP32,
         opset=options.opset,
         source=loaded.source,
@@ -129,6 +128,7 @@ def describe(loaded: LoadedModel, options: ExportOptions) -> ModelInfo:
         receptive_field=spec.receptive_field,
         static_shape=options.static,
         version=__version__,
+        extra=spec.facts(params),  # srkit.features, srkit.tiling, srkit.gan_trained, srkit.fp16_safe
     )
 
 

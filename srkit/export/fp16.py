@@ -32,9 +32,13 @@ from srkit import imaging
 from srkit._optional import require
 from srkit.data import held_out_images, sample_image_path
 from srkit.errors import ExportError
+from srkit.meta import ModelInfo
 
 FP16_MAX = 65504.0
 DEFAULT_HEADROOM = 0.5
+# an architecture whose released weights are known to overflow in fp16 (ArchSpec.fp16_safe = False, written
+# as srkit.fp16_safe) keeps two binades of margin instead of one
+UNSAFE_ARCH_HEADROOM = 0.25
 # Input positions that carry shapes, scales or indices, never image data: their type is left alone.
 NON_DATA_INPUTS: dict[str, set[int]] = {
     "Resize": {1, 2, 3}, "Upsample": {1}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4},
@@ -64,6 +68,11 @@ class Fp16Report:
                    "hottest_tensor": self.hottest_tensor, "calibration": self.calibration,
                    "fp16_io": self.fp16_io}
         return {"fp32_nodes": json.dumps(self.fp32_nodes), "fp16": json.dumps(summary, sort_keys=True)}
+
+
+def headroom_for(info: ModelInfo) -> float:
+    """The share of the fp16 range an activation may reach and still run in fp16."""
+    return UNSAFE_ARCH_HEADROOM if info.extra.get("fp16_safe") == "false" else DEFAULT_HEADROOM
 
 
 # ---- calibration images ----------------------------------------------------------------------------
