@@ -16,15 +16,8 @@ from srkit.errors import InputError, UnsupportedModelError
 PREFIX = "srkit."
 
 
-# Architectures usually GAN-trained (Real-ESRGAN): their ground-truth PSNR is not the goal, so a reduced
-# precision is judged by parity with fp32, not by the PSNR it loses (quantize budgets, bench recommendation).
-GAN_TRAINED_ARCHS = frozenset({"rrdbnet", "srvgg", "srvggnetcompact", "realesrgan"})
 # what a reduced precision of a PSNR-trained model may cost against ground truth (issue 6's budget)
 DEFAULT_MAX_PSNR_DROP_DB = 0.3
-
-
-def judged_by_parity(arch: str) -> bool:
-    return arch.lower() in GAN_TRAINED_ARCHS
 
 
 class Color(str, Enum):
@@ -153,6 +146,33 @@ class ModelInfo:
         data["precision"] = self.precision.value
         data["io"] = self.io.value
         return data
+
+
+# ---- facts the export records from the architecture's descriptor (srkit.models.base.ArchSpec.facts) ----
+# Models exported before these keys existed: what their architecture's descriptor says today.
+_LEGACY_GAN_TRAINED = frozenset({"rrdbnet", "srvgg"})
+_LEGACY_APPROXIMATE_TILING = frozenset({"rcan"})
+
+
+def judged_by_parity(info: ModelInfo) -> bool:
+    """A GAN-trained model (Real-ESRGAN): its ground-truth PSNR is not the goal, so a reduced precision is
+    judged by parity with fp32, not by the PSNR it loses (quantize budgets, bench recommendation)."""
+    if "gan_trained" in info.extra:
+        return info.extra["gan_trained"] == "true"
+    return info.arch.lower() in _LEGACY_GAN_TRAINED
+
+
+def tiling_is_exact(info: ModelInfo) -> bool:
+    """False when an op sees the whole image (RCAN's channel attention): tiled output only approximates."""
+    if "tiling" in info.extra:
+        return info.extra["tiling"] != "approximate"
+    return info.arch.lower() not in _LEGACY_APPROXIMATE_TILING
+
+
+def feature_width(info: ModelInfo) -> int | None:
+    """Feature maps at the network's widest point (srkit.features), None for models exported before."""
+    value = info.extra.get("features")
+    return int(value) if value and value.isdigit() else None
 
 
 def _parse_hw(text: str) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from srkit import imaging
+from srkit import imaging, quality
 from srkit.errors import InputError, UnsupportedModelError
 from srkit.meta import Io, read_model_info
 from srkit.pipeline import PIPELINE_OPS, PREFIX, Rounding, compose, phase_taps, polyphase_weights
@@ -40,8 +40,7 @@ def _match(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(share of values within one 8-bit level, PSNR dB) of two images of one integer dtype."""
     peak, level = (65535.0, 257) if a.dtype == np.uint16 else (255.0, 1)
     diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
-    mse = float(np.mean((diff / peak) ** 2))
-    return float((diff <= level).mean()), (float("inf") if mse == 0 else 10 * np.log10(1.0 / mse))
+    return float((diff <= level).mean()), quality.psnr(a, b, peak=peak)
 
 
 def _variants() -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from srkit import quality
 from srkit.errors import InputError
 from srkit.runtime import tiling
 
@@ -39,11 +40,6 @@ def _registered() -> list[str]:
     except ImportError:  # torch missing: the parametrisation still needs names
         return sorted(TINY)
     return registry.names()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 # ---- the plan -------------------------------------------------------------------------------------------
@@ -190,7 +186,7 @@ def test_tiled_equals_untiled(arch: str, backend: str, tiny_models: dict[str, Pa
         tiled = up.upscale(image)
     assert tiled.shape == untiled.shape
     assert float(untiled.std()) > 0.01, "a (nearly) constant output would prove nothing"
-    value = psnr(tiled, untiled)
+    value = quality.psnr(tiled, untiled, peak=1.0)
     assert value >= 50.0, f"{arch} tiled vs untiled on {backend}: {value:.1f} dB"
 
 
@@ -262,7 +258,7 @@ def test_auto_tiling_gives_the_untiled_pixels_and_says_so(espcn_x3_onnx: Path, s
         assert up.route(sample_rgb) == "tiled"
         tiled = up.upscale(sample_rgb)
     assert len(notes) == 1 and "tiling it automatically" in notes[0]
-    assert psnr(tiled.astype(np.float32) / 255, untiled.astype(np.float32) / 255) >= 50.0
+    assert quality.psnr(tiled, untiled, peak=255.0) >= 50.0
 
 
 def test_static_shape_model_tiles_at_its_shape(tmp_path: Path, sample_rgb: np.ndarray,
@@ -281,7 +277,7 @@ def test_static_shape_model_tiles_at_its_shape(tmp_path: Path, sample_rgb: np.nd
     with Upscaler(espcn_x3_onnx, backend="ort") as up:
         ref = up.upscale(image)
     assert out.shape == ref.shape and small.shape == (60, 90, 3)
-    assert psnr(out.astype(np.float32) / 255, ref.astype(np.float32) / 255) >= 50.0
+    assert quality.psnr(out, ref, peak=255.0) >= 50.0
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PARITY_GATES_DB = {"float": 40.0, "int8": 35.0}  # the defaults; a report carries the gates it was run with
+from srkit.quality import PARITY_GATES_DB, gate_family  # the defaults; a report carries the gates it was run with
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -70,7 +70,7 @@ def _cells(result: dict[str, Any], columns: list[tuple[str, str, str]] = COLUMNS
 
 def gate_for(report: dict[str, Any], precision: str) -> float:
     gates = report.get("settings", {}).get("parity_gates_db", PARITY_GATES_DB)
-    return float(gates["int8" if precision.startswith("int8") else "float"])
+    return float(gates[gate_family(precision)])
 
 
 def fp32_psnr_y(report: dict[str, Any]) -> float | None:

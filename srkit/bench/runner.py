@@ -27,10 +27,10 @@ from srkit.bench.dataset import RESIZE_KERNEL, Pair, load_pairs
 from srkit.bench.timing import measure, peak_rss_mb, rss_now_mb
 from srkit.errors import BackendUnavailableError, InputError, SrkitError
 from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, ModelInfo, Precision, judged_by_parity, read_model_info
+from srkit.quality import PARITY_GATES_DB
 from srkit.runtime import Upscaler, registry
 
 # parity gates the recommendation and the bench suite apply (dB against PyTorch fp32)
-PARITY_GATE_DB = {"float": 40.0, "int8": 35.0}
 
 
 @dataclass
@@ -323,9 +323,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             if config.dataset
             else "built-in CC0 photos: " + ", ".join(p.name for p in pairs),
             "reference": "PyTorch fp32" if ref is not None else f"unavailable: {ref_error}",
-            "parity_gates_db": PARITY_GATE_DB,
+            "parity_gates_db": PARITY_GATES_DB,
             # a PSNR-trained model's reduced precisions must also keep their PSNR-Y within this of fp32
-            "max_psnr_drop_db": None if judged_by_parity(info.arch) else DEFAULT_MAX_PSNR_DROP_DB,
+            "max_psnr_drop_db": None if judged_by_parity(info) else DEFAULT_MAX_PSNR_DROP_DB,
         },
         "results": results,
     }
@@ -500,6 +500,4 @@ def quality(up: Upscaler, pairs: list[Pair], scale: int, result: BenchResult) ->
     result.bicubic_psnr_y = round(float(np.mean(bicubic)), 3)
 
 
-def parity_gate_db(precision: str) -> float:
-    """The parity a result must reach to count: int8 (and int8+float) is judged by the int8 gate."""
-    return PARITY_GATE_DB["int8" if precision.startswith("int8") else "float"]
+

@@ -24,9 +24,10 @@ from srkit import imaging
 from srkit._optional import require
 from srkit.errors import InputError
 from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, Color, ModelInfo, judged_by_parity
+from srkit.quality import INT8_GATE_DB, psnr_y
 
 DEFAULT_MAX_DROP_DB = DEFAULT_MAX_PSNR_DROP_DB
-DEFAULT_MIN_PARITY_DB = 35.0
+DEFAULT_MIN_PARITY_DB = INT8_GATE_DB
 VALIDATION_MAX_SIDE = 640  # HR side per photo: the whole of each held-out photo (they are <= 640 px)
 
 
@@ -36,7 +37,7 @@ class BudgetMode(str, Enum):
 
 
 def default_mode(info: ModelInfo) -> BudgetMode:
-    return BudgetMode.PARITY if judged_by_parity(info.arch) else BudgetMode.GROUND_TRUTH
+    return BudgetMode.PARITY if judged_by_parity(info) else BudgetMode.GROUND_TRUTH
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,6 @@ def upscale_u8(run: OnnxRunner, lr: np.ndarray, info: ModelInfo) -> np.ndarray:
     return imaging.from_float(out, np.uint8)
 
 
-def _psnr_y(a: np.ndarray, b: np.ndarray, scale: int) -> float:
-    # calibration may import srkit.bench.metrics (allowed in tests/test_layering.py): one PSNR definition
-    from srkit.bench.metrics import psnr_y
-
-    return psnr_y(a, b, scale)
-
-
 @dataclass
 class Reference:
     """fp32 outputs on the validation set, computed once per quantize call."""
@@ -162,16 +156,16 @@ class Reference:
 def reference(model: Path, images: list[ValidationImage], info: ModelInfo, engine: str) -> Reference:
     run = OnnxRunner(model, engine)
     outputs = [upscale_u8(run, v.lr, info) for v in images]
-    psnr = float(np.mean([_psnr_y(o, v.hr, info.scale) for o, v in zip(outputs, images, strict=True)]))
+    psnr = float(np.mean([psnr_y(o, v.hr, info.scale) for o, v in zip(outputs, images, strict=True)]))
     return Reference(images, outputs, psnr)
 
 
 def measure(model: Path, ref: Reference, info: ModelInfo, engine: str) -> Measurement:
     run = OnnxRunner(model, engine)
     outs = [upscale_u8(run, v.lr, info) for v in ref.images]
-    psnr = float(np.mean([_psnr_y(o, v.hr, info.scale) for o, v in zip(outs, ref.images, strict=True)]))
+    psnr = float(np.mean([psnr_y(o, v.hr, info.scale) for o, v in zip(outs, ref.images, strict=True)]))
     # parity with border 0: every pixel counts; inf (identical) is capped so the mean stays finite
-    parity = [min(_psnr_y(o, r, 0), 99.0) for o, r in zip(outs, ref.outputs, strict=True)]
+    parity = [min(psnr_y(o, r, 0), 99.0) for o, r in zip(outs, ref.outputs, strict=True)]
     if not all(math.isfinite(p) for p in parity):
         parity = [0.0]
     return Measurement(ref.psnr_y, psnr, float(np.mean(parity)))

@@ -18,6 +18,7 @@ from srkit.export.parity import ParityReport, run_gate
 from srkit.export.pipeline import PipelineReport, run_pipeline_gate
 from srkit.meta import Io, ModelInfo, Precision, read_model_info
 from srkit.models.loader import LoadedModel, load_model
+from srkit.quality import FP16_EXPORT_GATE_DB, FP32_EXPORT_MAX_ABS
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 11  # DepthToSpace has no CRD mode before opset 11
@@ -28,11 +29,11 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     static: tuple[int, int] | None = None  # (H, W) of the low-resolution input
     verify: bool = True
-    max_abs: float = 1e-4
+    max_abs: float = FP32_EXPORT_MAX_ABS
     simplify: bool = True
     fp16: bool = False  # fp16 graph, overflowing nodes kept fp32 (srkit.export.fp16)
     fp16_io: bool = False  # with fp16: fp16 inputs/outputs instead of fp32
-    min_psnr_fp16: float = 45.0  # the fp16 gate against PyTorch fp32
+    min_psnr_fp16: float = FP16_EXPORT_GATE_DB  # the fp16 gate against PyTorch fp32
     io: Io = Io.TENSOR  # a pipeline model (srkit.pipeline): uint8/uint16 images in and out
 
 
@@ -166,7 +167,7 @@ def to_fp16(model: Any, info: ModelInfo, options: ExportOptions) -> Any:
     if options.static is not None:  # a static graph takes exactly one shape: calibrate at it
         batches = fp16.calibration_batches(info.in_channels, info.size_multiple, size=options.static, batch=1)
     half, report = fp16.to_fp16(model, channels=info.in_channels, size_multiple=info.size_multiple,
-                                fp16_io=options.fp16_io, batches=batches)
+                                fp16_io=options.fp16_io, batches=batches, headroom=fp16.headroom_for(info))
     info.precision = Precision.FP16
     info.extra.update(report.to_extra())
     return half
@@ -179,8 +180,7 @@ def describe(loaded: LoadedModel, options: ExportOptions) -> ModelInfo:
         scale=int(params["scale"]),
         in_channels=int(params.get("in_channels", 1 if spec.color.value == "y" else 3)),
         color=spec.color,
-        # a module may need more than its architecture's default (RRDBNet x2/x1: pixel-unshuffle by 2/4)
-        size_multiple=int(getattr(loaded.module, "size_multiple", spec.size_multiple)),
+        size_multiple=spec.size_multiple(params),  # from the loaded weights' hyperparameters
         precision=Precision.FP32,
         opset=options.opset,
         source=loaded.source,
@@ -189,6 +189,7 @@ def describe(loaded: LoadedModel, options: ExportOptions) -> ModelInfo:
         receptive_field=spec.receptive_field,
         static_shape=options.static,
         version=__version__,
+        extra=spec.facts(params),  # srkit.features, srkit.tiling, srkit.gan_trained, srkit.fp16_safe
     )
 
 

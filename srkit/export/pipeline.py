@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from srkit import imaging
+from srkit import imaging, quality
 from srkit._optional import require
 from srkit.data import held_out_images
 from srkit.errors import ParityError
@@ -103,8 +103,8 @@ def run_pipeline_gate(pipeline: Any, tensor: Any, info: ModelInfo, io: Io) -> Pi
         report.sizes.append(list(image.shape[1:3]))
         report.within_one_level = min(report.within_one_level, float((diff <= level).mean()))
         report.max_diff_levels = max(report.max_diff_levels, int(-(-diff.max() // level)))
-        worst_mse = max(worst_mse, float(np.mean((diff / peak) ** 2)))
-    report.psnr_db = math.inf if worst_mse == 0 else 10 * math.log10(1.0 / worst_mse)
+        worst_mse = max(worst_mse, quality.mse(got / peak, want / peak))
+    report.psnr_db = quality.psnr_from_mse(worst_mse)
     if report.within_one_level < MIN_WITHIN_ONE_LEVEL or report.psnr_db < MIN_PSNR_DB:
         raise ParityError(f"pipeline gate failed (>= {100 * MIN_WITHIN_ONE_LEVEL:g} % within one level and "
                           f">= {MIN_PSNR_DB:g} dB): {report.summary()}")

@@ -22,9 +22,9 @@ import numpy as np
 from srkit import imaging
 from srkit.errors import InputError
 from srkit.meta import Color, ModelInfo, Precision
+from srkit.quality import FLOAT_GATE_DB, parity
 from srkit.runtime.base import Backend, BackendOptions
 
-PARITY_GATE_DB = 40.0
 # a candidate must beat fp32 by this factor: on a busy machine smaller differences are timing noise
 MIN_SPEEDUP = 1.10
 CROP = 96  # low-resolution pixels per side of each measurement crop
@@ -45,7 +45,7 @@ class PrecisionChoice:
     chosen: Precision
     trials: tuple[Trial, ...]
     reason: str
-    gate_db: float = PARITY_GATE_DB
+    gate_db: float = FLOAT_GATE_DB
 
     def summary(self) -> str:
         return f"precision auto -> {self.chosen.value}: {self.reason}"
@@ -93,7 +93,7 @@ def candidates(
 
 
 def choose(
-    trials: Sequence[Trial], *, gate_db: float = PARITY_GATE_DB, min_speedup: float = MIN_SPEEDUP
+    trials: Sequence[Trial], *, gate_db: float = FLOAT_GATE_DB, min_speedup: float = MIN_SPEEDUP
 ) -> PrecisionChoice:
     """The fastest trial that ran, produced finite output and kept parity >= gate_db; fp32 unless another is
     at least `min_speedup` times faster."""
@@ -134,14 +134,6 @@ def _why_not(t: Trial, ref: Trial, gate_db: float, min_speedup: float) -> str:
     if t.parity_db < gate_db:
         return f"{name} parity {t.parity_db:.1f} dB < {gate_db:g} dB"
     return f"{name} only {ref.seconds / t.seconds:.2f}x the speed of fp32 (needs {min_speedup:.2f}x)"
-
-
-def psnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    """PSNR of two 0-1 outputs, clipped to the displayable range first (as the images would be)."""
-    a = np.clip(reference.astype(np.float64), 0.0, 1.0)
-    b = np.clip(other.astype(np.float64), 0.0, 1.0)
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0.0 else 10.0 * float(np.log10(1.0 / mse))
 
 
 # ---- measuring -------------------------------------------------------------------------------------
@@ -200,10 +192,12 @@ def run_trials(
         finite = all(bool(np.isfinite(o).all()) for o in outputs)
         if reference is None:
             reference = outputs
-            parity = float("inf")
+            parity_db = float("inf")
         else:
-            parity = min(psnr_db(r, o) for r, o in zip(reference, outputs, strict=True)) if finite else -1.0
-        trials.append(Trial(precision, seconds, parity, finite))
+            # clipped to the displayable range first, as the images would be written
+            worst = min(parity(o, r, clip=True)[0] for r, o in zip(reference, outputs, strict=True))
+            parity_db = worst if finite else -1.0
+        trials.append(Trial(precision, seconds, parity_db, finite))
     return trials
 
 
