@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,6 +70,54 @@ class Backend(ABC):
     def devices(cls) -> list[str]:
         """Devices this backend can run on, on this machine."""
         return ["cpu"]
+
+    # ---- what the backend knows about itself (the only place that knows it) ----------------------
+    @classmethod
+    def capabilities(cls, device: str) -> list[str]:
+        """What the device computes natively, as this backend reports it (e.g. ["FP32", "BF16", "INT8"])."""
+        return []
+
+    @classmethod
+    def precision_candidates(
+        cls, device: str, model_precision: Precision, capabilities: Sequence[str] = ()
+    ) -> list[Precision]:
+        """The precisions `--precision auto` measures, the reference (fp32) first. By default the model file
+        fixes its precision and there is nothing to choose."""
+        return [model_precision]
+
+    @classmethod
+    def bench_devices(cls) -> list[str]:
+        """The devices `srkit bench --backend all` tries."""
+        return cls.devices()
+
+    @classmethod
+    def bench_precisions(
+        cls, device: str, info: ModelInfo, int8: Path | None, capabilities: set[str]
+    ) -> list[tuple[str, Path | None]]:
+        """(precision, model file: None = the fp32 model) pairs a benchmark runs on this device. By default the
+        precision stored in the model, and the int8 sibling when there is one."""
+        pairs: list[tuple[str, Path | None]] = [(info.precision.value, None)]
+        return [*pairs, ("int8", int8)] if int8 else pairs
+
+    @classmethod
+    def graph_call(
+        cls, path: Path, x: np.ndarray, *, precision: str, device: str, threads: int | None
+    ) -> Callable[[], object]:
+        """A call that runs a plain ONNX graph (one input) on this backend, for the roofline's peak probes."""
+        raise InputError(f"backend {cls.name} runs no plain ONNX graphs (no peak probe)")
+
+    @classmethod
+    def native_peak_calls(
+        cls, precision: str, device: str, threads: int | None
+    ) -> dict[str, tuple[Callable[[], object], float]] | None:
+        """Peak probes of a backend that does not run ONNX graphs: name -> (call, FLOPs a call); None means
+        the roofline's ONNX probes through `graph_call`."""
+        return None
+
+    def timed_call(self, x: np.ndarray) -> tuple[Callable[[], object], str] | None:
+        """A model call for timing that keeps input and output on the device (None: the host call is it).
+        `x` is padded to the size multiple. Backends whose device is not the host override this."""
+        return None
 
     @abstractmethod
     def _activate(self) -> None: ...

@@ -4,6 +4,7 @@ OpenVINO otherwise runs bf16 by default (openvino #19355), which would silently 
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Io, Precision
+from srkit.meta import Io, ModelInfo, Precision
 from srkit.pipeline import INPUT_NAME as PIPELINE_INPUT
 from srkit.runtime.base import Backend
 
@@ -67,6 +68,63 @@ class OpenVINOBackend(Backend):
     def devices(cls) -> list[str]:
         ov = require("openvino", extra="openvino")
         return [d.lower() for d in ov.Core().available_devices] + ["auto"]
+
+    @classmethod
+    def capabilities(cls, device: str) -> list[str]:
+        ov = require("openvino", extra="openvino")
+        core = ov.Core()
+        name = device.upper().split(".")[0]
+        if name.startswith("AUTO"):  # AUTO / AUTO:CPU run on the CPU here; AUTO:GPU,... names its first
+            name = (name.partition(":")[2].split(",")[0] or "CPU").split(".")[0]
+        if name not in {d.split(".")[0] for d in core.available_devices}:
+            return []
+        return [str(c) for c in core.get_property(name, "OPTIMIZATION_CAPABILITIES")]
+
+    @classmethod
+    def precision_candidates(
+        cls, device: str, model_precision: Precision, capabilities: Sequence[str] = ()
+    ) -> list[Precision]:
+        """fp32, then bf16/f16 where the CPU computes them natively (GPUs and NPUs compute f16)."""
+        if model_precision != Precision.FP32:
+            return [model_precision]
+        caps = {c.upper() for c in capabilities}
+        found = [Precision.FP32]
+        if device.lower().startswith(("cpu", "auto")):
+            return found + [p for p, cap in ((Precision.BF16, "BF16"), (Precision.FP16, "FP16")) if cap in caps]
+        return [*found, Precision.FP16]
+
+    @classmethod
+    def graph_call(
+        cls, path: Path, x: np.ndarray, *, precision: str, device: str, threads: int | None
+    ) -> Callable[[], object]:
+        ov = require("openvino", extra="openvino")
+        hints = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hints.get(precision, "f32")}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        request = ov.Core().compile_model(str(path), device.upper(), config).create_infer_request()
+        return lambda: request.infer({0: x})
+
+    @classmethod
+    def bench_devices(cls) -> list[str]:
+        return [d for d in cls.devices() if d.split(".")[0] in ("cpu", "gpu")]  # AUTO is left to explicit runs
+
+    @classmethod
+    def bench_precisions(
+        cls, device: str, info: ModelInfo, int8: Path | None, capabilities: set[str]
+    ) -> list[tuple[str, Path | None]]:
+        """fp32 and the inference precisions the device offers; the int8 model, with its float layers at bf16
+        too where the CPU has it (reported as int8+bf16)."""
+        out: list[tuple[str, Path | None]] = [("fp32", None)]
+        if device == "cpu":
+            out += [(p, None) for p, cap in (("bf16", "BF16"), ("fp16", "FP16")) if cap in capabilities]
+        else:
+            out.append(("fp16", None))
+        if int8:
+            out.append(("int8", int8))
+            if device == "cpu" and "BF16" in capabilities:
+                out.append(("bf16", int8))
+        return out
 
     def _device(self, core: Any) -> str:
         device = self.options.device.upper()

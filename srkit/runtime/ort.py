@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ def provider_options(device: str, info: ModelInfo, extra: dict[str, Any]) -> dic
     return {}
 
 
+def session_options(threads: int | None) -> Any:
+    """The SessionOptions of every srkit session (runtime, peak probe, calibration): all graph optimisations,
+    the thread count asked for, ORT's own log quiet."""
+    ort = require("onnxruntime", extra="ort")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    return so
+
+
 class OrtBackend(Backend):
     name = "ort"
     title = "ONNX Runtime"
@@ -67,6 +80,47 @@ class OrtBackend(Backend):
         ort = require("onnxruntime", extra="ort")
         have = set(ort.get_available_providers())
         return [device for device, provider in PROVIDERS.items() if provider in have]
+
+    @classmethod
+    def bench_devices(cls) -> list[str]:
+        return [d for d in cls.devices() if d in ("cpu", "cuda")]  # TensorRT EP: explicit runs only
+
+    @classmethod
+    def graph_call(
+        cls, path: Path, x: np.ndarray, *, precision: str, device: str, threads: int | None
+    ) -> Callable[[], object]:
+        """ONNX Runtime runs the precision stored in the graph; on CUDA the input and output stay on the GPU."""
+        ort = require("onnxruntime", extra="ort")
+        provider = PROVIDERS.get(device, device)
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=[provider])
+        name = session.get_inputs()[0].name
+        if device != "cuda":
+            return lambda: session.run(None, {name: x})
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
+
+        def run_bound() -> None:
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return run_bound
+
+    def timed_call(self, x: np.ndarray) -> tuple[Callable[[], object], str] | None:
+        """On CUDA: IO binding, input and output stay on the GPU and the call is synchronised."""
+        if self.provider != PROVIDERS["cuda"]:
+            return None
+        ort = require("onnxruntime", extra="ort")
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x.astype(self.input_dtype, copy=False), "cuda", 0)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, x_dev)
+        binding.bind_output(self.session.get_outputs()[0].name, "cuda", 0)
+
+        def bound() -> None:
+            self.session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return bound, "ORT IO binding, input and output on the GPU, synchronised"
 
     def _provider(self) -> tuple[str, dict[str, Any]]:
         device = self.options.device.lower()
@@ -91,11 +145,7 @@ class OrtBackend(Backend):
     def _activate(self) -> None:
         self._check_precision()
         ort = require("onnxruntime", extra="ort")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.options.threads:
-            so.intra_op_num_threads = int(self.options.threads)
-        so.log_severity_level = 3
+        so = session_options(self.options.threads)
         provider, options = self._provider()
         providers: list[tuple[str, dict[str, Any]]] = [(provider, options)]
         if provider == PROVIDERS["tensorrt"]:

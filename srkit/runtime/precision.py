@@ -72,24 +72,11 @@ class PrecisionChoice:
 def candidates(
     backend: str, device: str, model_precision: Precision, capabilities: Sequence[str] = ()
 ) -> list[Precision]:
-    """The precisions worth measuring, fp32 (the reference) first. `capabilities`: what the device says it
-    computes natively (OpenVINO's OPTIMIZATION_CAPABILITIES, e.g. ["FP32", "BF16", "INT8"])."""
-    caps = {c.upper() for c in capabilities}
-    device = device.lower()
-    if model_precision != Precision.FP32 or backend in ("ort", "trt"):
-        return [model_precision]  # the model fixes its precision; there is nothing to choose
-    if backend == "openvino":
-        found = [Precision.FP32]
-        if device.startswith(("cpu", "auto")):
-            found += [p for p, cap in ((Precision.BF16, "BF16"), (Precision.FP16, "FP16")) if cap in caps]
-        else:  # GPU/NPU compute in f16 natively
-            found.append(Precision.FP16)
-        return found
-    if backend == "torch":
-        if device.startswith("cuda"):
-            return [Precision.FP32, Precision.FP16, Precision.BF16]
-        return [Precision.FP32, Precision.BF16] if "BF16" in caps else [Precision.FP32]
-    return [Precision.FP32]
+    """The precisions worth measuring, fp32 (the reference) first: the backend's own answer
+    (`Backend.precision_candidates`). `capabilities`: what the device says it computes natively."""
+    from srkit.runtime import registry
+
+    return registry.backend_class(backend).precision_candidates(device, model_precision, capabilities)
 
 
 def choose(
@@ -202,29 +189,10 @@ def run_trials(
 
 
 def device_capabilities(backend: str, device: str) -> list[str]:
-    """What the device computes natively, as the backend reports it."""
-    if backend == "openvino":
-        from srkit._optional import require
+    """What the device computes natively, as the backend reports it (`Backend.capabilities`)."""
+    from srkit.runtime import registry
 
-        ov = require("openvino", extra="openvino")
-        core = ov.Core()
-        name = device.upper().split(".")[0]
-        if name.startswith("AUTO"):  # AUTO / AUTO:CPU run on the CPU here; AUTO:GPU,... names its first
-            name = (name.partition(":")[2].split(",")[0] or "CPU").split(".")[0]
-        if name not in {d.split(".")[0] for d in core.available_devices}:
-            return []
-        return [str(c) for c in core.get_property(name, "OPTIMIZATION_CAPABILITIES")]
-    if backend == "torch" and device.lower() == "cpu":
-        return ["BF16"] if _cpu_has_bf16() else []
-    return []
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return registry.backend_class(backend).capabilities(device)
 
 
 _CACHE: dict[tuple[str, int, int, str, str, int | None], PrecisionChoice] = {}
@@ -304,6 +272,10 @@ class AutoPrecisionBackend(Backend):
     def _close(self) -> None:
         if self.inner is not None:
             self.inner.close()
+
+    def timed_call(self, x: np.ndarray) -> tuple[Callable[[], object], str] | None:
+        assert self.inner is not None
+        return self.inner.timed_call(x)
 
     def describe(self) -> dict[str, Any]:
         if self.inner is None:
