@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -155,14 +156,19 @@ def is_single_file(inputs: list[str], output: str | None) -> bool:
     return len(inputs) == 1 and not Path(inputs[0]).is_dir() and (output is None or not Path(output).is_dir())
 
 
+# what `output_root` names a folder run's output when -o is not given; never read back as input by a walk
+DEFAULT_OUTPUT_FOLDER = re.compile(r"upscaled_x[0-9]+")
+
+
 def output_root(output: str | None, scale: int) -> Path:
     return Path(output) if output else Path(f"upscaled_x{scale}")
 
 
 def images_in_folder(folder: Path, *, exclude: Path | None = None) -> list[Path]:
     """The images under `folder`, sorted. Left out: the tree of `exclude` (the output folder, when it lies
-    inside: a second run must not read the first one's results as inputs) and srkit's own temp files (a
-    killed run's leftovers); other files are named in a warning."""
+    inside: a second run must not read the first one's results as inputs), folders named as srkit names its
+    default outputs (`upscaled_x3`: another run's results), and srkit's own temp files (a killed run's
+    leftovers). Other files that are not images are named in a warning."""
     from srkit._fs import is_temp_name
     from srkit.imageio import is_image_path
 
@@ -170,7 +176,15 @@ def images_in_folder(folder: Path, *, exclude: Path | None = None) -> list[Path]
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if excluded is None or (here / d).resolve() != excluded)
+        kept = []
+        for name in sorted(dirnames):
+            if excluded is not None and (here / name).resolve() == excluded:
+                continue
+            if DEFAULT_OUTPUT_FOLDER.fullmatch(name):
+                print(f"srkit: warning: skipping {here / name} (an srkit output folder)", file=sys.stderr)
+                continue
+            kept.append(name)
+        dirnames[:] = kept
         files += [here / name for name in filenames if not is_temp_name(name)]
     files = sorted(p for p in files if p.is_file())
     images = [p for p in files if is_image_path(p)]

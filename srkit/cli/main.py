@@ -219,7 +219,7 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
               help="drop: PSNR-Y vs ground truth; parity: vs the fp32 output (default: GAN archs -> parity)")
 @click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="calibration patches")
 @click.option("--patch", type=click.IntRange(1), default=64, show_default=True, help="patch side (LR pixels)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="random seed of the calibration patches")
 def quantize(model: str, calib: str | None, output: str | None, backend: str, method: str | None,
              max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None, samples: int,
              patch: int, seed: int) -> None:
