@@ -96,6 +96,10 @@ def test_one_file_named_twice_is_upscaled_once(
     code, _, err = upscale(capsys, str(src), str(src), "-m", str(espcn_x3_onnx), "-o", str(tmp_path / "out"))
     assert code == 0, err
     assert files_under(tmp_path / "out") == ["a.png"]
+    # one file and `-o folder/` (not there yet): the trailing slash says it is a folder
+    code, _, err = upscale(capsys, str(src), "-m", str(espcn_x3_onnx), "-o", f"{tmp_path / 'new'}/")
+    assert code == 0, err
+    assert files_under(tmp_path / "new") == ["a.png"]
 
 
 # ---- 5 and 6: the output folder inside the input folder; a folder with one image -------------------------
@@ -173,7 +177,7 @@ def test_absurd_numbers_are_one_error_line(case: str, tmp_path: Path, espcn_x3_o
 
 
 @pytest.mark.parametrize(("codec", "name", "fragment"), [
-    ("aac", "out.mp4", "audio encoder"),
+    ("aac", "out.mp4", "encodes audio, not video"),
     ("libx264", "clip.webm", "cannot hold libx264"),
 ])
 def test_codec_that_does_not_fit_is_refused_before_work(
@@ -360,10 +364,16 @@ def test_bench_and_upscale_take_the_same_backend_names(tmp_path: Path, espcn_x3_
             assert param.type.convert(name, param, None) == registry.ALIASES.get(name, name)
 
 
-def test_every_option_has_help() -> None:
+def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     missing = [f"{name} {opt.opts[0]}" for name, command in cli.commands.items() for opt in command.params
                if opt.param_type_name == "option" and not getattr(opt, "help", None)]
     assert missing == []
+    for name in cli.commands:
+        assert run([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"Usage: srkit {name}")
+        if name in ("upscale", "bench"):
+            assert "--backend [" in text and "|ort|" in text
 
 
 def test_pyproject_all_extra_and_spdx_licence() -> None:

@@ -152,8 +152,10 @@ def plan_outputs(
 
 
 def is_single_file(inputs: list[str], output: str | None) -> bool:
-    """One file in and -o (if any) not an existing folder: -o names the output file itself."""
-    return len(inputs) == 1 and not Path(inputs[0]).is_dir() and (output is None or not Path(output).is_dir())
+    """One file in and -o (if any) not a folder (an existing one, or one written `out/`): -o names the output
+    file itself."""
+    names_folder = output is not None and (Path(output).is_dir() or output.endswith(("/", os.sep)))
+    return len(inputs) == 1 and not Path(inputs[0]).is_dir() and not names_folder
 
 
 # what `output_root` names a folder run's output when -o is not given; never read back as input by a walk
@@ -335,7 +337,8 @@ def check_video_output(codec: str, dst: Path) -> None:
         raise InputError(f"unsupported video output {dst.suffix!r}; use one of {sorted(VIDEO_MUXERS)}")
     kind = av.codec.Codec(codec, "w").type
     if kind != "video":
-        raise InputError(f"--codec {codec} is an {kind} encoder, not a video one; e.g. libx264, libx265, libvpx-vp9")
+        raise InputError(f"--codec {codec} encodes {kind}, not video; use a video encoder such as libx264, libx265, "
+                         "libvpx-vp9")
     try:
         with av.open(io.BytesIO(), "w", format=muxer) as probe_sink:
             probe_sink.add_stream(codec, rate=25)

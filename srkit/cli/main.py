@@ -38,7 +38,7 @@ class BackendChoice(click.ParamType):
 
         return [*self.extra, *registry.names(), *registry.ALIASES]
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # ctx: click >= 8.2
         from srkit.runtime import registry
 
         return "[" + "|".join([*self.extra, *registry.names()]) + "]"
@@ -131,7 +131,7 @@ def info(model: str, as_json: bool) -> None:
               help="cpu, cuda[:N] (ONNX Runtime, TensorRT), GPU / NPU / AUTO:... (OpenVINO)")
 @click.option("--precision", type=PRECISIONS, default="fp32", show_default=True,
               help="compute precision; auto: the fastest whose output stays within the parity budget")
-@click.option("--threads", type=THREADS, help=f"CPU threads for the backend (1-{MAX_THREADS})")
+@click.option("--threads", type=THREADS, help="CPU threads for the backend")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="JPEG/WebP quality (WebP 100 = lossless)")
 @click.option("--format", "out_format",
@@ -174,7 +174,7 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
               help="PyTorch weights MODEL was exported from, for the torch rows and parity "
               "(bundled models need none)")
 @click.option("--no-quality", is_flag=True, help="skip PSNR-Y/SSIM-Y on the dataset (speed and parity only)")
-@click.option("--threads", type=THREADS, help=f"CPU threads for every backend (1-{MAX_THREADS}; default: theirs)")
+@click.option("--threads", type=THREADS, help="CPU threads for every backend (default: theirs)")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds of timed calls per figure")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON")
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the results as a Markdown table")
