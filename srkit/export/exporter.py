@@ -55,7 +55,7 @@ def default_output(source: str, options: ExportOptions | None = None) -> Path:
     stem = Path(source).stem
     if options is not None:
         if options.fp16 and "fp16" not in stem:
-            stem += "-fp16"
+            stem += "-fp16-io" if options.fp16_io else "-fp16"
         if options.io != Io.TENSOR:
             stem += f"-{options.io.value}"
     return Path(stem + ".onnx")
