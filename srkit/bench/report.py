@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PARITY_GATES_DB = {"float": 40.0, "int8": 35.0}  # the defaults; a report carries the gates it was run with
+from srkit.quality import PARITY_GATES_DB, gate_family  # the defaults; a report carries the gates it was run with
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -32,6 +32,9 @@ COLUMNS = [
     ("p50 ms", "p50", ".1f"),
     ("p95 ms", "p95", ".1f"),
     ("e2e fps", "e2e_fps", ".1f"),
+    ("e2e/call", "e2e_ratio", ".2f"),
+    ("e2e path", "e2e_path", "s"),
+    ("host e2e fps", "e2e_host_fps", ".1f"),
     ("compile s", "compile_s", ".2f"),
     ("GFLOP/s", "achieved_gflops", ".0f"),
     ("peak", "peak_gflops", ".0f"),
@@ -67,7 +70,7 @@ def _cells(result: dict[str, Any], columns: list[tuple[str, str, str]] = COLUMNS
 
 def gate_for(report: dict[str, Any], precision: str) -> float:
     gates = report.get("settings", {}).get("parity_gates_db", PARITY_GATES_DB)
-    return float(gates["int8" if precision.startswith("int8") else "float"])
+    return float(gates[gate_family(precision)])
 
 
 def fp32_psnr_y(report: dict[str, Any]) -> float | None:
@@ -196,7 +199,9 @@ def describe_setup(report: dict[str, Any]) -> str:
 NOTES = [
     "**fps**, **p50/p95**: the model call alone (NCHW float32 in and out) after warm-up at this shape; "
     "**e2e fps**: a uint8 RGB image in and out through `Upscaler.upscale` (colour conversion and padding "
-    "included).",
+    "included); **e2e/call** = e2e fps / fps; **e2e path**: `pipeline` when colour, padding and rounding ran "
+    "inside the graph (srkit.pipeline), `host` when numpy did them; **host e2e fps**: the host path measured "
+    "in the same run, for comparison.",
     "**compile s**: session / compiled-model build time, not in any fps.",
     "**GFLOP/s**: FLOPs counted from the ONNX graph at this input size x fps; **peak**: the best GFLOP/s "
     "of a large Conv / MatMul on the same backend at the same precision, measured in the same process "
