@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -72,8 +73,10 @@ def quiet_data_context() -> None:
     # this long instead of waiting forever.
     ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     # The rows are file names, not pixels: sending a batch to an actor on the node that holds the block saves
-    # nothing, and would favour the driver's node.
-    ctx.execution_options.actor_locality_enabled = False
+    # nothing, and would favour the driver's node (newer Ray decides this itself and deprecates the switch).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctx.execution_options.actor_locality_enabled = False
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     if hasattr(ctx, "enable_operator_progress_bars"):
