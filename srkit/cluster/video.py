@@ -119,29 +119,43 @@ class SegmentUpscaler(_LoadsUpscaler):
         path = folder / f"{segment.index:06d}.seg"
         if path.exists():  # complete (atomic): done by an earlier attempt
             return sum(1 for _ in _read_records(path))
-        container = single._open_input(src)
         count = 0
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:
+            for frame in _frames_from(src, segment.start_pts):
+                if segment.start_pts is not None and frame.pts < segment.start_pts:
+                    continue  # belongs to the segment before (decoded there)
+                if segment.end_pts is not None and frame.pts >= segment.end_pts:
+                    break  # frames come out in presentation order: the rest is the next segment's
+                item = single._infer(self.upscaler, single._prepare(frame, route, self.upscaler.scale), route)
+                pixels, fmt = _encoder_input(item, route)
+                _write_record(fh, {"pts": item.pts, "tb": str(item.time_base), "format": fmt,
+                                   "signal": {k: int(v) for k, v in item.signal.items()}}, pixels)
+                count += 1
+        return count
+
+
+def _frames_from(src: Path, start_pts: int | None) -> Iterator[Any]:
+    """The decoded frames (with timestamps) from the keyframe at `start_pts` on. A container whose index makes
+    the seek land past that keyframe is decoded from its start instead: slower, never a frame lost."""
+    for seek in ((True, False) if start_pts is not None else (False,)):
+        container = single._open_input(src)
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            if segment.start_pts is not None:
-                container.seek(segment.start_pts, stream=stream, backward=True, any_frame=False)
-            with atomic_path(path) as tmp, tmp.open("wb") as fh:
-                for frame in container.decode(stream):
-                    if frame.pts is None:
-                        continue
-                    if segment.start_pts is not None and frame.pts < segment.start_pts:
-                        continue  # belongs to the segment before (decoded there)
-                    if segment.end_pts is not None and frame.pts >= segment.end_pts:
-                        break  # frames come out in presentation order: the rest is the next segment's
-                    item = single._infer(self.upscaler, single._prepare(frame, route, self.upscaler.scale), route)
-                    pixels, fmt = _encoder_input(item, route)
-                    _write_record(fh, {"pts": item.pts, "tb": str(item.time_base), "format": fmt,
-                                       "signal": {k: int(v) for k, v in item.signal.items()}}, pixels)
-                    count += 1
+            if seek:
+                container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+            first = True
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                if first and seek and start_pts is not None and frame.pts > start_pts:
+                    break  # overshot: try again from the start
+                first = False
+                yield frame
+            if not first or not seek:
+                return
         finally:
             container.close()
-        return count
 
 
 def _pts(value: Any) -> int | None:
