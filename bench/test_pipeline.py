@@ -73,7 +73,7 @@ def test_pipeline_1080p(benchmark: Any, backend: str, weights: str, precision: s
         for size in ((640, 360), (641, 359)):  # the pixel target, at an odd size too
             frame = _frame(size)
             within, psnr = _match(up.upscale(frame), up.upscale(frame, pipeline=False))
-            assert within >= 0.999 and psnr >= 50.0, (size, within, psnr)
+            assert within >= quality.PIPELINE_MIN_WITHIN_ONE_LEVEL and psnr >= quality.PIPELINE_GATE_DB, (size, psnr)
         seconds = _interleaved({"model": lambda: up.run_model(x), "pipeline": lambda: up.upscale(rgb),
                                 "host": lambda: up.upscale(rgb, pipeline=False)}, ROUNDS)
         benchmark.pedantic(up.upscale, args=(rgb,), rounds=3, iterations=1)

@@ -32,6 +32,10 @@ FLOAT_GATE_DB = 40.0
 """A reduced float precision (bf16, fp16) at run time, against fp32: `--precision auto`, the benchmark."""
 INT8_GATE_DB = 35.0
 """An int8 model (and int8 + float layers) against fp32: the benchmark, and the quantizer's parity budget."""
+PIPELINE_GATE_DB = 50.0
+"""A pipeline model (`--io rgb8`...) against srkit's host path around the same model: PSNR of the pixels..."""
+PIPELINE_MIN_WITHIN_ONE_LEVEL = 0.999
+"""...and the share of pixel values that may differ by at most one 8-bit level (float rounding at a .5)."""
 
 
 @dataclass(frozen=True)

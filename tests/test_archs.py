@@ -126,6 +126,17 @@ def test_detect_export_and_parity(name: str, scale: int, tmp_path: Path) -> None
     assert openvino_max_abs(result.path, module, info.in_channels, info.size_multiple) <= MAX_ABS
 
 
+# the bundled small models: exported, gated and compared with the runtimes in tests/test_export.py and the zoo
+BUNDLED = {"espcn", "srcnn", "fsrcnn"}
+
+
+def test_every_registered_architecture_is_covered() -> None:
+    """Registering an architecture without a tiny configuration here (or a bundled model) fails this test."""
+    covered = {arch_of(name) for name in TINY} | BUNDLED
+    assert set(registry.names()) <= covered, f"not covered by test_archs: {set(registry.names()) - covered}"
+    assert set(SCALES) == set(TINY)
+
+
 def test_batchnorm_is_folded_and_leftovers_rejected(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     module, _ = make_module("srresnet-bn", 4)

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from srkit.quality import PARITY_GATES_DB, gate_family  # the defaults; a report carries the gates it was run with
+from srkit.bench import baselines
+from srkit.quality import (  # the defaults; a report carries the gates it was run with
+    FLOAT_GATE_DB,
+    INT8_GATE_DB,
+    PARITY_GATES_DB,
+    gate_family,
+)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -207,8 +213,9 @@ NOTES = [
     "of a large Conv / MatMul on the same backend at the same precision, measured in the same process "
     "just after; **% peak** = GFLOP/s / peak.",
     "**parity dB / max abs**: against PyTorch fp32 on the same input (identical = bit-exact).",
-    "**Recommended**: the fastest row (not PyTorch) with no NaN that passes its parity gate (40 dB float, "
-    "35 dB int8) and, for a PSNR-trained model, keeps PSNR-Y within the report's `max_psnr_drop_db` of fp32.",
+    "**Recommended**: the fastest row (not PyTorch) with no NaN that passes its parity gate "
+    f"({FLOAT_GATE_DB:g} dB float, {INT8_GATE_DB:g} dB int8) and, for a PSNR-trained model, keeps PSNR-Y within "
+    "the report's `max_psnr_drop_db` of fp32.",
     "**peak RSS MB**: the peak resident memory of a fresh process that loaded only this backend and ran only "
     "this row (Python, numpy and the backend's libraries included), not a delta.",
 ]
@@ -236,6 +243,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Quality: PSNR-Y / SSIM-Y on {s['dataset']}; LR by {s['resize_kernel']}. "
         f"Parity reference: {s['reference']}.",
     ]
+    if s.get("baselines_psnr_y"):
+        lines.append(f"- Classical upscalers, PSNR-Y on the same images: {baselines.describe(s['baselines_psnr_y'])}.")
     if best := recommend(report):
         lines += [
             "",
@@ -267,7 +276,9 @@ def render_summary(report: dict[str, Any]) -> str:
     bicubic = next(
         (r["bicubic_psnr_y"] for r in report["results"] if r.get("bicubic_psnr_y") is not None), None
     )
-    if bicubic is not None:
+    if classical := report["settings"].get("baselines_psnr_y"):
+        text += f"\n\nclassical upscalers, PSNR-Y on the same images: {baselines.describe(classical)}"
+    elif bicubic is not None:
         text += f"\n\nbicubic PSNR-Y on the same images: {bicubic:.2f} dB"
     best = recommend(report)
     if best:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from srkit import __version__, imaging
-from srkit.bench import metrics
+from srkit.bench import baselines, metrics
 from srkit.bench.dataset import RESIZE_KERNEL, Pair, load_pairs
 from srkit.bench.timing import measure, peak_rss_mb, rss_now_mb
 from srkit.errors import BackendUnavailableError, InputError, SrkitError
@@ -301,6 +301,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             else "built-in CC0 photos: " + ", ".join(p.name for p in pairs),
             "reference": "PyTorch fp32" if ref is not None else f"unavailable: {ref_error}",
             "parity_gates_db": PARITY_GATES_DB,
+            # model-independent: the classical upscalers on the same pairs, under the same convention
+            "baselines_psnr_y": baselines.baseline_psnr_y(((p.lr, p.hr) for p in pairs), info.scale)
+            if pairs else None,
             # a PSNR-trained model's reduced precisions must also keep their PSNR-Y within this of fp32
             "max_psnr_drop_db": None if judged_by_parity(info) else DEFAULT_MAX_PSNR_DROP_DB,
         },

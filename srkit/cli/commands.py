@@ -45,16 +45,19 @@ def zoo(as_json: bool) -> None:
         echo(json.dumps({name: e.record for name, e in entries.items()}, indent=2))
         return
     rows = []
+    classical = ("nearest", "bilinear", "lanczos")
     for e in entries.values():
         v = e.record.get("validation", {})
+        others = [f"{e.baselines_psnr_y[k]:.2f}" if k in e.baselines_psnr_y else "-" for k in classical]
         rows.append([e.name, e.arch, f"x{e.scale}", f"{e.parameters:,}", f"{v.get('psnr_y', float('nan')):.2f}",
                      f"{v.get('bicubic_psnr_y', float('nan')):.2f}", f"{v.get('gain_db', float('nan')):+.2f}",
-                     e.origin])
-    echo(table(rows, ["name", "arch", "scale", "params", "PSNR-Y", "bicubic", "gain dB", "weights"]))
+                     *others, e.origin])
+    echo(table(rows, ["name", "arch", "scale", "params", "PSNR-Y", "bicubic", "gain dB", *classical, "weights"]))
     from srkit.data import HELD_OUT
 
     echo(f"\nPSNR-Y: mean over {len(HELD_OUT)} held-out CC0 photos ({', '.join(HELD_OUT)}), BT.601 Y, "
-         "border = scale cropped.")
+         "border = scale cropped; gain over bicubic. nearest, bilinear, lanczos: Pillow's filters on the same "
+         "low-resolution images.")
 
 
 # ---- export ----------------------------------------------------------------------------------------

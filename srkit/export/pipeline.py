@@ -20,8 +20,8 @@ from srkit.data import held_out_images
 from srkit.errors import ParityError
 from srkit.meta import Io, ModelInfo
 
-MIN_WITHIN_ONE_LEVEL = 0.999
-MIN_PSNR_DB = 50.0
+MIN_WITHIN_ONE_LEVEL = quality.PIPELINE_MIN_WITHIN_ONE_LEVEL
+MIN_PSNR_DB = quality.PIPELINE_GATE_DB
 GATE_SIZES = ((37, 53), (48, 31), (71, 90))  # (H, W): odd, non-square, unrelated
 
 

@@ -62,6 +62,7 @@ class Upscaler:
         `on_note` receives one-line notes on what srkit decided for the user (an image tiled automatically
         because it would not fit in memory untiled); by default they go to the "srkit" logger."""
         self.on_note = on_note or log.info
+        self._approximation_noted = False
         path = Path(model)
         if path.suffix.lower() != ".onnx":
             raise InputError(
@@ -103,7 +104,7 @@ class Upscaler:
         parsed = tiling.parse_tile(tile)
         if parsed == "auto":
             parsed = tiling.auto_tile_size(
-                scale=self.info.scale, features=tiling.features_of(self.info.params),
+                scale=self.info.scale, features=tiling.features_of(self.info),
                 overlap=self.tile_overlap, multiple=self.info.size_multiple, budget_bytes=budget,
             )
         if self.info.static_shape:
@@ -299,7 +300,17 @@ class Upscaler:
 
     def _tile_for(self, height: int, width: int, *, announce: bool = False) -> int | tuple[int, int] | None:
         """The tile an image of this size goes through: the configured one, or, untiled, an automatic one
-        when the untiled call would not fit comfortably in memory (announced through `on_note`)."""
+        when the untiled call would not fit comfortably in memory (announced through `on_note`, as is once
+        that tiles only approximate a model whose every output pixel sees the whole image, RCAN)."""
+        tile = self._choose_tile(height, width, announce=announce)
+        if tile is not None and announce and not self._approximation_noted:
+            self._approximation_noted = True
+            note = tiling.approximation_note(self.info)
+            if note:
+                self.on_note(note)
+        return tile
+
+    def _choose_tile(self, height: int, width: int, *, announce: bool) -> int | tuple[int, int] | None:
         if self.tile is not None:
             return self.tile
         need = self._untiled_bytes(height, width)
@@ -307,7 +318,7 @@ class Upscaler:
         budget = min(UNTILED_BUDGET_BYTES, free // 2) if free else UNTILED_BUDGET_BYTES
         if need <= budget:
             return None
-        side = tiling.auto_tile_size(scale=self.info.scale, features=tiling.features_of(self.info.params),
+        side = tiling.auto_tile_size(scale=self.info.scale, features=tiling.features_of(self.info),
                                      overlap=self.tile_overlap, multiple=self.info.size_multiple)
         if announce:
             self.on_note(f"{width}x{height} needs about {need / 2**30:.1f} GiB untiled; tiling it automatically "
@@ -318,7 +329,7 @@ class Upscaler:
         """Working memory of one untiled call: two float32 feature maps of the network's width at the input's
         size, and the float32 output with its temporaries (about four copies)."""
         pixels_in = height * width
-        features = tiling.features_of(self.info.params)
+        features = tiling.features_of(self.info)
         return 4 * (2 * features * pixels_in + 4 * 4 * pixels_in * self.info.scale**2)
 
     def _upscale_tiled(
