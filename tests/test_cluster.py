@@ -240,7 +240,7 @@ def test_without_ray_the_flag_names_the_extra(monkeypatch: pytest.MonkeyPatch, i
 
 
 # ---- a real two-node cluster on loopback ---------------------------------------------------------
-# About 165 s together on a loaded two-core machine (load average 18), over the ~90 s a CI test file may take:
+# 95-165 s together on a loaded two-core machine (load average 10-18), over the ~90 s a CI test file may take:
 # `slow`, run with `pytest tests/test_cluster.py -m slow`. On a quiet machine they may fit; to put them in CI,
 # make this `pytest.mark.usefixtures()` (no mark).
 TWO_NODES = pytest.mark.slow
