@@ -95,6 +95,19 @@ def test_stale_temp_files_of_a_killed_write_are_recognised_exactly(tmp_path: Pat
     assert not mine.exists() and other.exists() and other_suffix.exists()
 
 
+def test_an_address_nobody_answers_is_one_line_not_minutes(images: dict[str, Path], espcn_x3_onnx: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # a port nothing listens on
+    if ray.is_initialized():
+        pytest.skip("a Ray is already connected in this process")
+    start = time.monotonic()
+    code = run(["upscale", str(images["inputs"]), "-m", str(espcn_x3_onnx), "-o", str(tmp_path / "o"), "--ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:" in err and "Traceback" not in err
+    assert time.monotonic() - start < 30
+
+
 # ---- local mode (CI): a one-node Ray inside this process ----------------------------------------
 @pytest.fixture(scope="module")
 def _local_ray_module() -> Iterator[None]:

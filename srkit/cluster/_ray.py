@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -42,6 +43,8 @@ def connect(*, num_cpus: int | None = None) -> Connection:
                                   "log_to_driver": False}
         if not address:  # a new Ray of our own, even where `ray start` left one running on this machine
             kwargs.update(address="local", num_cpus=num_cpus)
+        else:
+            check_reachable(address)
         try:
             ray.init(**kwargs)
         except ConnectionError as exc:
@@ -51,6 +54,20 @@ def connect(*, num_cpus: int | None = None) -> Connection:
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     return Connection(address=os.environ.get("RAY_ADDRESS") or "local", started_here=started_here,
                       cpus=float(resources.get("CPU", 0.0)), gpus=float(resources.get("GPU", 0.0)), nodes=nodes)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A plain HOST:PORT that nothing answers on is said in one line now; ray.init would retry for minutes.
+    Other forms ("auto", ray://, http://) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BackendUnavailableError(
+            f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc.strerror or exc}; is `ray start --head` "
+            "running there? (unset RAY_ADDRESS for a local Ray)") from None
 
 
 def disconnect(connection: Connection) -> None:
