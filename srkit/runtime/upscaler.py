@@ -72,10 +72,11 @@ class Upscaler:
         self.model_path = path
         self.info: ModelInfo = read_model_info(path)
         cls = registry.pick(backend, device)
-        extra = dict(backend_options)
-        if checkpoint is not None:
-            extra["checkpoint"] = checkpoint
-        options = BackendOptions(device=device, precision=Precision.parse(precision), threads=threads, extra=extra)
+        given = dict(backend_options)
+        if checkpoint is not None:  # the PyTorch backend's weights (TorchOptions.checkpoint)
+            given["checkpoint"] = checkpoint
+        options = BackendOptions(device=device, precision=Precision.parse(precision), threads=threads,
+                                 specific=cls.parse_options(given))
         if options.precision == Precision.AUTO:  # measured on activation (srkit.runtime.precision)
             from srkit.runtime.precision import AutoPrecisionBackend
 
@@ -87,7 +88,7 @@ class Upscaler:
         self._pipelines: dict[Io, Backend] = {}
         self._pipeline_lock = threading.Lock()
         self._configure_tiling(tile, tile_overlap, memory_budget)
-        extra.setdefault("tile_shape", self.tile)  # compiled backends (TensorRT) build their profile from it
+        options.tile_shape = self.tile  # compiled backends (TensorRT) build their profile from it
 
     def _configure_tiling(
         self, tile: int | str | tuple[int, int] | None, overlap: int | None, budget: int | None
