@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -22,26 +20,23 @@ def _env_without_pythonpath() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
-def _installed_editable() -> bool:
-    try:
-        dist = metadata.distribution("srkit")
-    except metadata.PackageNotFoundError:
-        return False
-    direct = dist.read_text("direct_url.json")
-    return bool(direct) and json.loads(direct).get("dir_info", {}).get("editable", False)
+def _import_srkit_from(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "import srkit; print(srkit.__version__)"], cwd=cwd,
+                          capture_output=True, text=True, timeout=60, env=_env_without_pythonpath())
 
 
 def test_clone_named_srkit_does_not_shadow_the_package(tmp_path: Path) -> None:
     """A clone called srkit/ with Python started from its parent folder: the folder (no __init__.py) must not
     become a namespace package `srkit` without __version__. setuptools' default editable import hook loses to
     it; scripts/setup.sh's compat (path entry) install does not."""
-    if not _installed_editable():
-        pytest.skip("srkit is not installed editable here (scripts/setup.sh installs it so)")
-    clone = tmp_path / "srkit"
-    clone.mkdir()
-    (clone / "README.md").write_text("a clone's root: no __init__.py\n")
-    run = subprocess.run([sys.executable, "-c", "import srkit; print(srkit.__version__)"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60, env=_env_without_pythonpath())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if _import_srkit_from(elsewhere).returncode != 0:
+        pytest.skip("srkit is not installed in this environment (scripts/setup.sh installs it)")
+    parent = tmp_path / "parent"
+    (parent / "srkit").mkdir(parents=True)
+    (parent / "srkit" / "README.md").write_text("a clone's root: no __init__.py\n")
+    run = _import_srkit_from(parent)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == srkit.__version__
 
