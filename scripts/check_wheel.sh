@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 PYTHON="${PYTHON:-python3}"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/srkit-wheel.XXXXXX")
-trap '(rm -rf "$WORK" &)' EXIT  # in the background: deleting the 1 GB venv takes a minute on a slow disk
+trap '(rm -rf "$WORK" >/dev/null 2>&1 </dev/null &)' EXIT  # in the background (a 1 GB venv takes a minute to delete)
 START=$SECONDS
 say() { printf 'check_wheel: %s (%ds)\n' "$1" $((SECONDS - START)); }
 
