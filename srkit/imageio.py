@@ -57,6 +57,7 @@ class ImageFile:
     pixels: np.ndarray  # HxW, HxWx3 or HxWx4; uint8, uint16 or (float TIFF) float32 in 0-1
     icc_profile: bytes | None = None
     format: str = ""  # Pillow's name of the format read, e.g. "PNG"
+    frames: int = 1  # animated PNG/GIF/WebP and multi-page TIFF hold more; `pixels` is the first one
 
 
 def is_image_path(path: Path) -> bool:
@@ -83,6 +84,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> ImageFile:
         with _open_header(path, limit) as img:
             icc = img.info.get("icc_profile") or None
             fmt = img.format or ""
+            frames = int(getattr(img, "n_frames", 1) or 1)
             if _is_16bit_colour(img):
                 orientation = int(img.getexif().get(ORIENTATION_TAG, 1) or 1)
                 pixels = _orient(_read_16bit_colour(path), orientation)
@@ -97,7 +99,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> ImageFile:
         raise InputError(f"cannot read image {path}: {exc}") from None
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, zlib.error... for bad data
         raise InputError(f"cannot read image {path}: {_first_line(exc)}") from None
-    return ImageFile(pixels, icc, fmt)
+    return ImageFile(pixels, icc, fmt, frames)
 
 
 def pixel_limit() -> int:

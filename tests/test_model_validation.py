@@ -109,7 +109,7 @@ def test_fp16_input_and_pipeline_io_pass(tmp_path: Path) -> None:
     nhwc.graph.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.UINT8, ["n", "h", "w", 3]))
     nhwc.graph.output[0].CopyFrom(helper.make_tensor_value_info("output", TensorProto.UINT8, ["n", "oh", "ow", 3]))
     rgb = srkit_props(in_channels=3, color="rgb", io="rgb8")
-    assert read_model_info(save(nhwc, tmp_path / "rgb8.onnx", rgb)).extra.get("io", "rgb8") == "rgb8"
+    assert read_model_info(save(nhwc, tmp_path / "rgb8.onnx", rgb)).io.value == "rgb8"
     with pytest.raises(UnsupportedModelError, match="rank-4 NHWC uint8"):
         read_model_info(save(sr_graph(channels=3), tmp_path / "tensor-says-rgb8.onnx", rgb))
 
