@@ -51,6 +51,27 @@ def describe(image: np.ndarray) -> Layout:
     return Layout(image.dtype, gray, channels)
 
 
+def check_finite(image: np.ndarray, what: str = "input image") -> None:
+    """Refuse a float image holding NaN or inf (InputError naming `what`): a model spreads one NaN over a whole
+    block or tile, and the conversion to integers makes it black with a numpy RuntimeWarning on stderr.
+
+    One pass in float64 accumulation and no image-sized temporary: a float32 sum cannot overflow in float64,
+    so the sum is finite exactly when every element is."""
+    if image.dtype.kind != "f" or image.size == 0:
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = np.add.reduce(image, axis=None, dtype=np.float64)
+    if np.isfinite(total):
+        return
+    finite = np.isfinite(image)
+    nan = int(np.isnan(image).sum())
+    inf = int(image.size - finite.sum()) - nan
+    if nan == inf == 0:
+        return  # float64 values so large that their sum overflowed, yet each finite
+    parts = [f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else ""]
+    raise InputError(f"{what} holds {' and '.join(p for p in parts if p)} values; srkit needs finite pixels in 0-1")
+
+
 def to_float(image: np.ndarray) -> np.ndarray:
     """uint8/uint16/float32 -> float32 in 0-1. The scale comes from the dtype, never from pixel values."""
     if image.dtype == np.uint8:

@@ -14,7 +14,7 @@ from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import Color, ModelInfo, Precision
 from srkit.runtime import Upscaler
 from srkit.runtime import precision as auto
-from srkit.runtime.ort import provider_options
+from srkit.runtime.ort import OrtOptions, provider_options
 from srkit.runtime.precision import Trial, candidates, choose
 
 
@@ -40,20 +40,28 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return quality.parity(a, b, clip=True)[0]
 
 
+# ---- typed options ------------------------------------------------------------------------------------
+def test_a_misspelt_backend_option_is_an_error_naming_the_real_ones(espcn_x3_onnx: Path) -> None:
+    with pytest.raises(InputError, match=r"no option performance_hnt \(its options: cache_dir, performance_hint\)"):
+        Upscaler(espcn_x3_onnx, backend="openvino", performance_hnt="throughput")
+    with pytest.raises(InputError, match="backend ort has no option checkpoint"):
+        Upscaler(espcn_x3_onnx, backend="ort", checkpoint="weights.pth")  # only PyTorch takes weights
+
+
 # ---- ONNX Runtime execution providers ---------------------------------------------------------------
 def test_cuda_provider_uses_heuristic_algo_search() -> None:
-    assert provider_options("cuda", _info(), {}) == {"cudnn_conv_algo_search": "HEURISTIC"}
-    assert provider_options("cpu", _info(), {}) == {}
+    assert provider_options("cuda", _info()) == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert provider_options("cpu", _info()) == {}
 
 
 def test_tensorrt_provider_options(tmp_path: Path) -> None:
-    fp16 = provider_options("tensorrt", _info(Precision.FP16), {"cache_dir": tmp_path, "tile_shape": 128})
+    fp16 = provider_options("tensorrt", _info(Precision.FP16), OrtOptions(cache_dir=tmp_path), tile_shape=128)
     assert fp16["trt_fp16_enable"] is True
     assert fp16["trt_engine_cache_enable"] is True and fp16["trt_timing_cache_enable"] is True
     assert Path(fp16["trt_engine_cache_path"]).parent == tmp_path
     assert fp16["trt_profile_max_shapes"] == "input:1x1x128x128"
     assert fp16["trt_profile_min_shapes"] == "input:1x1x1x1"
-    fp32 = provider_options("tensorrt", _info(static_shape=(90, 160)), {"cache_dir": tmp_path})
+    fp32 = provider_options("tensorrt", _info(static_shape=(90, 160)), OrtOptions(cache_dir=tmp_path))
     assert fp32["trt_fp16_enable"] is False  # an fp32 model keeps fp32 numbers
     assert fp32["trt_profile_min_shapes"] == fp32["trt_profile_max_shapes"] == "input:1x1x90x160"
 

@@ -70,3 +70,20 @@ def test_cli_reports_an_unloadable_model_in_one_line(tmp_path: Path, sample_rgb:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("srkit: error:"), proc.stderr
     assert "broken.onnx" in lines[0] and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_float_input_is_refused_without_warnings(espcn_x3_onnx: Path, sample_rgb: np.ndarray,
+                                                            bad: float) -> None:
+    import warnings
+
+    from srkit.errors import InputError
+
+    image = sample_rgb[:20, :30].astype(np.float32) / 255
+    image[3, 4, 1] = bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Upscaler(espcn_x3_onnx, backend="ort") as up, pytest.raises(InputError, match="input image"):
+            up.upscale(image)
+        with Upscaler(espcn_x3_onnx, backend="ort") as up, pytest.raises(InputError, match="input image"):
+            up.upscale_batch([image, image])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,11 +25,20 @@ PIPELINE_INPUTS: dict[Io, tuple[type, int]] = {
 
 
 @dataclass
+class NoOptions:
+    """A backend that takes no options of its own."""
+
+
+@dataclass
 class BackendOptions:
+    """What every backend takes, plus `specific`: the backend's own typed options (`Backend.Options`)."""
+
     device: str = "cpu"
     precision: Precision = Precision.FP32
     threads: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    specific: Any = field(default_factory=NoOptions)
+    # the Upscaler's tile (H, W) or side: compiled backends (TensorRT) build their shape profile from it
+    tile_shape: int | tuple[int, int] | None = None
 
 
 class Backend(ABC):
@@ -37,6 +47,9 @@ class Backend(ABC):
     module_name: ClassVar[str]  # the package whose presence makes the backend available
     # Whether one session may be called from several threads at once. When False, `infer` serialises the
     # calls with a lock (correct, never faster); True means the subclass made `_infer` safe itself.
+    # The backend's own options, a dataclass: Upscaler(..., **options) is checked against its fields, so a
+    # misspelt option is an error naming the ones there are, never silently ignored.
+    Options: ClassVar[type] = NoOptions
     thread_safe: ClassVar[bool] = False
     # Whether this backend runs srkit pipeline graphs (uint8/uint16 NHWC in and out, srkit.pipeline) given as
     # serialized ONNX (`graph=`). Backends that run something else (the PyTorch module) say False.
@@ -52,6 +65,8 @@ class Backend(ABC):
         memory); `model_path` then still names the model in messages and caches."""
         self.model_path = Path(model_path)
         self.info = info
+        if isinstance(options.specific, NoOptions) and self.Options is not NoOptions:
+            options = dataclasses.replace(options, specific=self.Options())  # this backend's defaults
         self.options = options
         self.graph = graph
         self.compile_s: float | None = None
@@ -72,6 +87,16 @@ class Backend(ABC):
         return ["cpu"]
 
     # ---- what the backend knows about itself (the only place that knows it) ----------------------
+    @classmethod
+    def parse_options(cls, given: dict[str, Any]) -> Any:
+        """Keyword options -> this backend's Options, refusing the ones it does not have."""
+        names = {f.name for f in dataclasses.fields(cls.Options)} if dataclasses.is_dataclass(cls.Options) else set()
+        unknown = sorted(set(given) - names)
+        if unknown:
+            takes = ", ".join(sorted(names)) or "none"
+            raise InputError(f"backend {cls.name} has no option {', '.join(unknown)} (its options: {takes})")
+        return cls.Options(**given)
+
     @classmethod
     def capabilities(cls, device: str) -> list[str]:
         """What the device computes natively, as this backend reports it (e.g. ["FP32", "BF16", "INT8"])."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,15 @@ VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
-def performance_hint(extra: dict[str, Any]) -> str:
+@dataclass
+class OpenVINOOptions:
+    performance_hint: str = "LATENCY"  # LATENCY: one image at a time, all cores on it; THROUGHPUT: parallel requests
+    cache_dir: str | Path | None = None  # compiled blobs reused across processes: the second start skips compiling
+
+
+def performance_hint(options: OpenVINOOptions) -> str:
     """LATENCY (default: one image at a time, all cores on it) or THROUGHPUT (parallel requests, batches)."""
-    hint = str(extra.get("performance_hint") or "LATENCY").upper()
+    hint = str(options.performance_hint or "LATENCY").upper()
     if hint not in PERFORMANCE_HINTS:
         choices = ", ".join(PERFORMANCE_HINTS)
         raise InputError(f"unknown OpenVINO performance hint {hint!r}; choose one of: {choices}")
@@ -61,6 +68,7 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     title = "OpenVINO"
     module_name = "openvino"
+    Options = OpenVINOOptions
     thread_safe = True  # a pool of infer requests (_Compiled)
     runs_pipelines = True
 
@@ -139,7 +147,7 @@ class OpenVINOBackend(Backend):
         return device
 
     def _config(self, core: Any, device: str) -> dict[str, Any]:
-        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint(self.options.extra)}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint(self.options.specific)}
         precision = self.options.precision
         if self.info.precision == Precision.INT8:
             # a quantized model carries its own int8 layers; the hint governs the layers left in float
@@ -158,7 +166,7 @@ class OpenVINOBackend(Backend):
         config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
         if self.options.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.options.threads)
-        if cache := self.options.extra.get("cache_dir"):
+        if cache := self.options.specific.cache_dir:
             # compiled blobs are reused across processes: the second start skips compilation
             Path(cache).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +25,31 @@ PROVIDERS = {
 }
 
 
-def provider_options(device: str, info: ModelInfo, extra: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class OrtOptions:
+    """ONNX Runtime's own options (the TensorRT execution provider's; CPU and CUDA take none)."""
+
+    cache_dir: str | Path | None = None  # TensorRT EP: engines and timing caches
+    trt_max_shape: tuple[int, int] | None = None  # TensorRT EP: the largest (H, W) the engine's profile takes
+    trt_opt_shape: tuple[int, int] | None = None  # TensorRT EP: the (H, W) it is tuned for
+
+
+def provider_options(
+    device: str, info: ModelInfo, options: OrtOptions | None = None, *, tile_shape: object = None,
+    input_name: str = "input",
+) -> dict[str, Any]:
     """Execution provider options, each set on purpose (ORT's defaults suit neither SR nor tiles)."""
+    options = options or OrtOptions()
     if device == "cuda":
         # EXHAUSTIVE (the default) re-benchmarks cuDNN algorithms for every new shape (onnxruntime #11688)
         return {"cudnn_conv_algo_search": "HEURISTIC"}
     if device == "tensorrt":
         from srkit.runtime.tensorrt import compute_profile, default_cache_dir
 
-        cache = str(Path(extra.get("cache_dir") or default_cache_dir()) / "ort-trt")
-        tile = extra.get("tile_shape")
-        profile = compute_profile(info, tile=tile if isinstance(tile, int | tuple) else None,
-                                  max_hw=extra.get("trt_max_shape"), opt_hw=extra.get("trt_opt_shape"))
-        name = extra.get("input_name", "input")
-        shape = lambda dims: f"{name}:{'x'.join(map(str, dims))}"  # noqa: E731
+        cache = str(Path(options.cache_dir or default_cache_dir()) / "ort-trt")
+        profile = compute_profile(info, tile=tile_shape if isinstance(tile_shape, int | tuple) else None,
+                                  max_hw=options.trt_max_shape, opt_hw=options.trt_opt_shape)
+        shape = lambda dims: f"{input_name}:{'x'.join(map(str, dims))}"  # noqa: E731
         return {
             # an fp16 model: let TensorRT pick fp16 kernels for it (an fp32 model keeps fp32 numbers)
             "trt_fp16_enable": info.precision == Precision.FP16,
@@ -70,6 +82,7 @@ class OrtBackend(Backend):
     name = "ort"
     title = "ONNX Runtime"
     module_name = "onnxruntime"
+    Options = OrtOptions
     thread_safe = True  # InferenceSession.run may be called from several threads at once
     runs_pipelines = True
     # one QuantizeLinear instead of Mul, Round, Clip, Cast: 3-4x less time for that step on the CPU EP
@@ -132,7 +145,8 @@ class OrtBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime has no {provider} here; available: {', '.join(ort.get_available_providers())}"
             )
-        return provider, provider_options(device, self.info, self.options.extra)
+        return provider, provider_options(device, self.info, self.options.specific,
+                                          tile_shape=self.options.tile_shape)
 
     def _check_precision(self) -> None:
         wanted, have = self.options.precision, self.info.precision
@@ -152,7 +166,7 @@ class OrtBackend(Backend):
             Path(options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             if PROVIDERS["cuda"] in ort.get_available_providers():
                 # nodes TensorRT cannot take run on CUDA (ORT partitions the graph), not on the CPU
-                providers.append((PROVIDERS["cuda"], provider_options("cuda", self.info, self.options.extra)))
+                providers.append((PROVIDERS["cuda"], provider_options("cuda", self.info)))
         source = self.graph if self.graph is not None else str(self.model_path)
         self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         if self.session.get_providers()[0] != provider:  # ORT falls back quietly when a GPU EP cannot load

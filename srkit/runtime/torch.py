@@ -7,6 +7,7 @@ pass `checkpoint=` (its sha256 must match `srkit.source_sha256`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,16 @@ from srkit.meta import ModelInfo, Precision
 from srkit.runtime.base import Backend
 
 
+@dataclass
+class TorchOptions:
+    checkpoint: str | Path | None = None  # the weights the ONNX model was exported from (a bundled one is found)
+
+
 class TorchBackend(Backend):
     name = "torch"
     title = "PyTorch (eager)"
     module_name = "torch"
+    Options = TorchOptions
 
     @classmethod
     def devices(cls) -> list[str]:
@@ -101,7 +108,7 @@ class TorchBackend(Backend):
         from srkit.models.loader import load_model
 
         source = self.info.source
-        checkpoint = self.options.extra.get("checkpoint")
+        checkpoint = self.options.specific.checkpoint
         if not checkpoint and source and not source.startswith("bundled:") and Path(source).is_file():
             checkpoint = source  # exported from a file that is still where it was
         if checkpoint:

@@ -72,10 +72,11 @@ class Upscaler:
         self.model_path = path
         self.info: ModelInfo = read_model_info(path)
         cls = registry.pick(backend, device)
-        extra = dict(backend_options)
-        if checkpoint is not None:
-            extra["checkpoint"] = checkpoint
-        options = BackendOptions(device=device, precision=Precision.parse(precision), threads=threads, extra=extra)
+        given = dict(backend_options)
+        if checkpoint is not None:  # the PyTorch backend's weights (TorchOptions.checkpoint)
+            given["checkpoint"] = checkpoint
+        options = BackendOptions(device=device, precision=Precision.parse(precision), threads=threads,
+                                 specific=cls.parse_options(given))
         if options.precision == Precision.AUTO:  # measured on activation (srkit.runtime.precision)
             from srkit.runtime.precision import AutoPrecisionBackend
 
@@ -87,7 +88,7 @@ class Upscaler:
         self._pipelines: dict[Io, Backend] = {}
         self._pipeline_lock = threading.Lock()
         self._configure_tiling(tile, tile_overlap, memory_budget)
-        extra.setdefault("tile_shape", self.tile)  # compiled backends (TensorRT) build their profile from it
+        options.tile_shape = self.tile  # compiled backends (TensorRT) build their profile from it
 
     def _configure_tiling(
         self, tile: int | str | tuple[int, int] | None, overlap: int | None, budget: int | None
@@ -171,6 +172,7 @@ class Upscaler:
         `pipeline=False` takes the host path for this call even where a pipeline graph would run it.
         """
         layout = imaging.describe(image)
+        imaging.check_finite(image, "input image")  # one NaN would spread over a block: refuse it
         pixels = image[..., None] if layout.gray else image
         h, w = image.shape[:2]
         tile = self._tile_for(h, w, announce=True)
@@ -182,7 +184,9 @@ class Upscaler:
         if layout.channels == 4:
             pixels = self._fill_under_alpha(pixels)
         if tile is None:
-            out = imaging.from_float(self._upscale_float(imaging.to_float(pixels)[None])[0], layout.dtype)
+            result = self._upscale_float(imaging.to_float(pixels)[None])[0]
+            imaging.check_finite(result, f"{self.model_path.name} output")  # a broken model is an error
+            out = imaging.from_float(result, layout.dtype)
         else:
             out = self._upscale_tiled(pixels, layout.dtype, on_tile, tile)
         return out[..., 0] if layout.gray else out
@@ -193,6 +197,8 @@ class Upscaler:
         if not images:
             return []
         layouts = [imaging.describe(im) for im in images]
+        for im in images:
+            imaging.check_finite(im, "input image")
         same = all(im.shape == images[0].shape and lay == layouts[0]
                    for im, lay in zip(images, layouts, strict=True))
         h, w = images[0].shape[:2]
@@ -208,7 +214,9 @@ class Upscaler:
         self._require_tensor_model(f"a {layout.dtype} image with {layout.channels} channel(s)")
         if layout.channels == 4:
             stack = np.stack([self._fill_under_alpha(im) for im in stack])
-        out = imaging.from_float(self._upscale_float(imaging.to_float(stack)), layout.dtype)
+        result = self._upscale_float(imaging.to_float(stack))
+        imaging.check_finite(result, f"{self.model_path.name} output")
+        out = imaging.from_float(result, layout.dtype)
         return [o[..., 0] if layout.gray else o for o in out]
 
     def upscale_luma(self, y: np.ndarray) -> np.ndarray:
@@ -349,7 +357,9 @@ class Upscaler:
         )
 
         def process(tile: np.ndarray) -> np.ndarray:
-            return self._upscale_float(imaging.to_float(tile)[None])[0]
+            result = self._upscale_float(imaging.to_float(tile)[None])[0]
+            imaging.check_finite(result, f"{self.model_path.name} output")
+            return result
 
         return tiling.run_tiled(
             padded, plan, process, out_shape=(h * s, w * s), out_channels=channels, out_dtype=dtype,
