@@ -256,7 +256,7 @@ def test_without_ray_the_flag_names_the_extra(monkeypatch: pytest.MonkeyPatch, i
 # About 55 s together on this two-core machine at load average 5 (72 s with the model export the session shares);
 # 95-165 s when the machine was overloaded (load 10-18). Within the ~90 s budget of a CI test file, so they run in
 # CI; make this `pytest.mark.slow` to take them out (`pytest -m slow` then runs them).
-TWO_NODES = pytest.mark.usefixtures()
+TWO_NODES = pytest.mark.usefixtures("cluster")  # (each of them uses the cluster)
 
 def free_port() -> int:
     with socket.socket() as s:
