@@ -330,6 +330,9 @@ def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, c
     echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
          f"({result.output_size[0]}x{result.output_size[1]}{kept}) in {result.seconds:.1f} s "
          f"({result.fps:.1f} frames/s)")
+    if info.frames and result.frames < info.frames:
+        print(f"srkit: warning: {src}: its header announces {info.frames} frames but only {result.frames} could be "
+              "decoded (a truncated file?); the output holds those", file=sys.stderr)
 
 
 VIDEO_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
