@@ -374,19 +374,20 @@ def _as_srvgg(graph: Graph, weights: dict[str, _Conv | np.ndarray]) -> tuple[dic
 
 # ---- Real-CUGAN / waifu2x CUNet and waifu2x upconv_7 -------------------------------------------------
 _CONV, _DECONV, _FC = "Convolution", "Deconvolution", "InnerProduct"
-_LEAKY = (ACT_LEAKY, (0.1,))
-_NO_ACT: tuple[int, tuple[float, ...]] = (ACT_NONE, ())
+Activation = tuple[int, tuple[float, ...]]
+_LEAKY: Activation = (ACT_LEAKY, (0.1,))
+_NO_ACT: Activation = (ACT_NONE, ())
 
 
-def _unet_conv(prefix: str, se: bool) -> list[tuple[str, str, tuple[int, tuple[float, ...]]]]:
-    layers = [(f"{prefix}.conv.0", _CONV, _LEAKY), (f"{prefix}.conv.2", _CONV, _LEAKY)]
+def _unet_conv(prefix: str, se: bool) -> list[tuple[str, str, Activation]]:
+    layers: list[tuple[str, str, Activation]] = [(f"{prefix}.conv.0", _CONV, _LEAKY), (f"{prefix}.conv.2", _CONV, _LEAKY)]
     if se:
         layers += [(f"{prefix}.seblock.conv1", _FC, (ACT_RELU, ())), (f"{prefix}.seblock.conv2", _FC,
                                                                         (ACT_SIGMOID, ()))]
     return layers
 
 
-def _cunet_layers(scale: int) -> list[tuple[str, str, tuple[int, tuple[float, ...]]]]:
+def _cunet_layers(scale: int) -> list[tuple[str, str, Activation]]:
     """(PyTorch name, ncnn layer type, fused activation) of every weighted layer, in the graph's order."""
     unet1 = [*_unet_conv("unet1.conv1", False), ("unet1.conv1_down", _CONV, _LEAKY),
              *_unet_conv("unet1.conv2", True), ("unet1.conv2_up", _DECONV, _LEAKY), ("unet1.conv3", _CONV, _LEAKY),
@@ -403,7 +404,7 @@ def _weighted(graph: Graph) -> list[Layer]:
     return [layer for layer in graph.layers if layer.type in (_CONV, _DECONV, _FC)]
 
 
-def _rounded_activation(conv: _Conv) -> tuple[int, tuple[float, ...]]:
+def _rounded_activation(conv: _Conv) -> Activation:
     act, params = conv.activation
     return act, tuple(round(v, 4) for v in params)
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from srkit.errors import UnsupportedModelError
-from srkit.models import edsr, espcn, fsrcnn, rcan, rdn, rrdbnet, srcnn, srresnet, srvgg, vdsr
-from srkit.models import realcugan, waifu2x
+from srkit.models import edsr, espcn, fsrcnn, rcan, rdn, realcugan, rrdbnet, srcnn, srresnet, srvgg, vdsr, waifu2x
 from srkit.models.base import ArchSpec, Params, StateDict
 
 _SPECS: dict[str, ArchSpec] = {}
