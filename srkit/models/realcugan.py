@@ -12,6 +12,8 @@ bottom/right pixels that make the tile a multiple of the U-Net's stride (2, or 4
 module does the same inside `forward`, so an exported graph maps H x W to exactly scale*H x scale*W at any
 size: reflect padding as realcugan-ncnn-vulkan and Real-CUGAN's PyTorch code do, edge replication as
 waifu2x-ncnn-vulkan does (`pad_mode`). Reflection needs each side to be longer than the pad (H, W >= 20).
+The stride multiple is also the module's `size_multiple`, so srkit's runtime pads to it and starts every tile
+on the stride grid (the U-Nets are shift-equivariant only for shifts that are multiples of it).
 
 Parameter names are Real-CUGAN's public checkpoints' (`upcunet_v3.py`: `unet1.conv1.conv.0`,
 `unet1.conv2.seblock.conv1`, `unet2.conv3_up`, `conv_final`, ...). Real-CUGAN "pro" checkpoints carry a
@@ -143,6 +145,11 @@ class UpCunet(nn.Module):
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, not {pad_mode!r}")
         self.scale, self.pad_mode, self.prepadding = scale, pad_mode, PREPADDING[scale]
         self.multiple = STRIDE_MULTIPLE[scale]
+        # The graph pads any size itself, but tiles must start on the U-Nets' stride grid: a tile shifted by a
+        # pixel that is not a multiple of it pools other pixel pairs and gives a different picture (up to 0.2
+        # in 0-1 measured at a 1-3 px shift). The exporter records this as `size_multiple`, so the runtime pads
+        # the image (reflect, bottom/right, as realcugan-ncnn-vulkan does) and aligns its tiles to it.
+        self.size_multiple = self.multiple
         mid = 64 if scale == 4 else out_channels  # x4: the U-Nets work on 64 channels, conv_final makes RGB
         self.unet1 = UNet1(in_channels, mid, 2 if scale == 4 else scale)
         self.unet2 = UNet2(mid, mid)
@@ -227,7 +234,7 @@ SPEC = ArchSpec(
     scales=(1, 2, 3, 4),
     build=build,
     detect=detect,
-    size_multiple=1,  # the module pads to its U-Net's multiple itself (as the ncnn tools do)
+    size_multiple=4,  # the largest; each module carries its own (x1/x3: 4, x2/x4: 2) as `size_multiple`
     # The convolutions see about as far as the tools' prepadding (18-28 px); the SE blocks see the whole tile,
     # so no overlap makes tiles exact. 28 covers the convolutional field of every variant.
     receptive_field=28,
