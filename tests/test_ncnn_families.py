@@ -5,6 +5,7 @@ map H x W to exactly scale*H x scale*W (the torch modules pad inside the graph).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_waifu2x_upconv7_matches_ncnn(crop: np.ndarray, tmp_path: Path) -> None:
 
 
 def test_cli_exports_an_ncnn_tool_file_without_flags(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sample_rgb: np.ndarray
 ) -> None:
     """`srkit export FILE.param` alone: the arch, scale and padding all come from the graph."""
     pytest.importorskip("onnxruntime")
@@ -159,6 +160,15 @@ def test_cli_exports_an_ncnn_tool_file_without_flags(
     assert "passed" in capsys.readouterr().out  # the parity gate ran and passed
     info = read_model_info(tmp_path / "w.onnx")
     assert (info.arch, info.scale, info.size_multiple, info.receptive_field) == ("waifu2x", 2, 1, 7)
+    # and `srkit upscale` with it, whole and in tiles: exactly twice the (odd) size
+    from srkit.imageio import read_image, write_image
+
+    write_image(tmp_path / "in.png", sample_rgb[:45, :67])
+    for extra in ([], ["--tile", "32"]):
+        out = tmp_path / f"out{len(extra)}.png"
+        code = run(["upscale", str(tmp_path / "in.png"), "-m", str(tmp_path / "w.onnx"), "-o", str(out), *extra])
+        assert code == 0, capsys.readouterr().err
+        assert read_image(out).shape == (90, 134, 3)
 
 
 def test_waifu2x_cunet_x1_matches_ncnn(crop: np.ndarray, tmp_path: Path) -> None:
@@ -216,6 +226,12 @@ def test_output_is_exactly_scale_times_input_tiled_and_untiled(
         assert all(v % multiple == 0 for v in (*plan.xs, *plan.ys))  # tiles on the U-Nets' stride grid
         tiled = tiler.upscale(image)
     assert untiled.shape == tiled.shape == (101 * scale, 123 * scale, 3)
+    if importlib.util.find_spec("openvino") is not None:  # the same graph on OpenVINO fp32, odd input size
+        x = np.ascontiguousarray(imaging.to_float(image).transpose(2, 0, 1)[None], dtype=np.float32)
+        with Upscaler(exported[name], backend="ort") as ort_up, Upscaler(exported[name], backend="openvino") as ov:
+            reference, other = ort_up.run_model(x), ov.run_model(x)
+        assert other.shape == reference.shape == (1, 3, 101 * scale, 123 * scale)
+        assert float(np.abs(other - reference).max()) <= 1e-4
     diff = np.abs(untiled.astype(np.int16) - tiled.astype(np.int16))
     if name.startswith("WAIFU2X"):
         # a plain convolutional net: the overlap covers its receptive field, tiles are exact (+-1 rounding)
