@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.util import conv_shape
 
 # pixels each tool pads a tile by, per scale (realcugan-ncnn-vulkan main.cpp, waifu2x-ncnn-vulkan main.cpp)
 PREPADDING = {1: 28, 2: 18, 3: 14, 4: 19}
@@ -234,7 +235,9 @@ SPEC = ArchSpec(
     scales=(1, 2, 3, 4),
     build=build,
     detect=detect,
-    size_multiple=4,  # the largest; each module carries its own (x1/x3: 4, x2/x4: 2) as `size_multiple`
+    feature_width=lambda params: 256,  # the widest convolution (fixed by the released networks)
+    size_multiple=lambda params: 4 if int(params["scale"]) in (1, 3) else 2,  # the U-Nets' stride grid
+    global_context=True,  # the SE blocks scale each channel by its mean over the whole input
     # The convolutions see about as far as the tools' prepadding (18-28 px); the SE blocks see the whole tile,
     # so no overlap makes tiles exact. 28 covers the convolutional field of every variant.
     receptive_field=28,

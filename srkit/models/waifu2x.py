@@ -67,6 +67,7 @@ SPEC = ArchSpec(
     scales=(2,),
     build=build,
     detect=detect,
+    feature_width=lambda params: 256,  # the widest convolution (fixed by the released networks)
     receptive_field=PREPADDING,  # six 3x3 convs and the 4x4 deconv: 7 LR pixels on each side
     defaults={"in_channels": 3, "out_channels": 3},
 )

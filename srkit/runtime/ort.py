@@ -74,7 +74,7 @@ def session_options(threads: int | None) -> Any:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = int(threads)
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach srkit as exceptions; ORT printing them too would be a second line
     return so
 
 
