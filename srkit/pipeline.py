@@ -293,20 +293,21 @@ def _pad_to_multiple(g: _Graph, x: str, hw: tuple[str, str], multiple: int) -> s
 
 
 def _upscale_chroma(g: _Graph, chroma: str, hw: tuple[str, str], scale: int, *, planes: int) -> str:
-    """[N,C,H,W] -> [N,C,sH,sW] with Pillow's bicubic (see the module docstring)."""
+    """[N,C,H,W] -> [N,C,sH,sW] with Pillow's bicubic (see the module docstring). The normalisation divides
+    the phases at the input's size, before one DepthToSpace puts them in place."""
     from onnx import TensorProto, helper
 
     pad2 = g.const("pad2", np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64))
-    num = g.op("Conv", [g.op("Pad", [chroma, pad2], mode="constant"), g.const("cubic", polyphase_weights(scale, planes))],
+    weights = polyphase_weights(scale, planes)
+    num = g.op("Conv", [g.op("Pad", [chroma, pad2], mode="constant"), g.const("cubic", weights)],
                "chroma_phases", group=planes)
-    num = g.op("DepthToSpace", [num], "chroma_num", blocksize=scale, mode="CRD")
     ones_shape = g.op("Concat", [g.const("one_one", np.array([1, 1], np.int64)), *hw], "ones_shape", axis=0)
     ones = g.op("ConstantOfShape", [ones_shape], "ones",
                 value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
-    den = g.op("Conv", [g.op("Pad", [ones, pad2], mode="constant"), g.const("cubic1", polyphase_weights(scale, 1))],
-               "norm_phases")
-    den = g.op("DepthToSpace", [den], "chroma_den", blocksize=scale, mode="CRD")
-    return g.op("Div", [num, den], "chroma_big")
+    # the same filter on a plane of ones: each phase's sum of the taps that fall inside the image
+    den = g.op("Conv", [g.op("Pad", [ones, pad2], mode="constant"), g.const("cubic_norm", weights)], "norm_phases")
+    normalised = g.op("Div", [num, den], "chroma_phases_normalised")
+    return g.op("DepthToSpace", [normalised], "chroma_big", blocksize=scale, mode="CRD")
 
 
 def _reduce_mean_channels(g: _Graph, x: str, opset: int) -> str:

@@ -87,3 +87,24 @@ def test_non_finite_float_input_is_refused_without_warnings(espcn_x3_onnx: Path,
             up.upscale(image)
         with Upscaler(espcn_x3_onnx, backend="ort") as up, pytest.raises(InputError, match="input image"):
             up.upscale_batch([image, image])
+
+
+def test_a_truncated_video_is_upscaled_as_far_as_it_goes_and_says_so(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w", options={"movflags": "faststart"}) as out:  # the frame count up front
+        stream = out.add_stream("libx264", rate=10, options={"crf": "30"})
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(40):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (24, 32, 3), np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    dst = tmp_path / "out.mp4"
+    proc = subprocess.run([sys.executable, "-m", "srkit", "upscale", str(cut), "-m", str(espcn_x3_onnx), "-o",
+                           str(dst), "--backend", "ort"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "header announces 40 frames but only" in proc.stderr and dst.is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -293,11 +294,29 @@ def clean_exit_on_signals() -> Iterator[None]:
             signal.signal(signum, previous)
 
 
+@contextmanager
+def library_warnings_to_stderr() -> Iterator[None]:
+    """The library's warnings (the "srkit" logger: a file skipped, an animated image cut to one frame) as
+    `srkit: warning:` lines on stderr while a command runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("srkit: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    log = logging.getLogger("srkit")
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors become one `srkit: error:` line and exit 2; never a traceback for them.
     SIGTERM and SIGHUP end a run like Ctrl-C: temp files removed, one line, exit 128 + the signal number."""
     try:
-        with clean_exit_on_signals():
+        with clean_exit_on_signals(), library_warnings_to_stderr():
             cli.main(args=list(argv) if argv is not None else None, prog_name="srkit", standalone_mode=False)
     except Terminated as exc:
         return _fail(f"terminated by {signal.Signals(exc.signum).name}", 128 + exc.signum)

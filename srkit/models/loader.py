@@ -183,7 +183,7 @@ def build_strict(spec: ArchSpec, params: Params, sd: dict[str, Any], path: Path)
 
 
 def load_ncnn(path: Path, *, arch: str | None = None, scale: int | None = None) -> LoadedModel:
-    """An ncnn .param with its .bin beside it (Real-ESRGAN's networks) -> the matching torch module.
+    """An ncnn .param with its .bin beside it (see srkit.models.ncnn) -> the matching torch module.
 
     The graph names the architecture; detection from the imported weights must agree with it, so the
     module is built exactly as a BasicSR checkpoint of the same network would be.
@@ -194,6 +194,7 @@ def load_ncnn(path: Path, *, arch: str | None = None, scale: int | None = None) 
     imported = ncnn.import_ncnn(path)
     sd = {k: torch.from_numpy(v) for k, v in imported.state_dict.items()}
     spec, params = resolve_arch(sd, {}, arch=arch, scale=scale, where=str(path))
+    params.update(imported.graph_params)  # what only the graph tells (e.g. the tool's padding mode)
     if spec.name != imported.arch or params["scale"] != imported.scale:
         raise UnsupportedModelError(
             f"{path}: the ncnn graph is {imported.arch} x{imported.scale} but its weights were detected as "

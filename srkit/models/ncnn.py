@@ -7,14 +7,23 @@ Supported networks (what Real-ESRGAN's ncnn files contain):
 - SRVGGNetCompact (realesr-animevideov3): conv + activation pairs, PixelShuffle and a nearest-upsampled input
   residual.
 
+- Real-CUGAN (realcugan-ncnn-vulkan: SE and Pro, x2/x3/x4) and waifu2x's CUNet (x1, x2): two U-Nets of
+  unpadded convolutions with SE blocks (Pooling, InnerProduct, Scale/BinaryOp) -> `srkit.models.realcugan`.
+- waifu2x upconv_7 (anime_style_art_rgb, photo): six unpadded convs and a transposed conv ->
+  `srkit.models.waifu2x`.
+
+The graphs of the last two shrink their input; the ncnn tools pad each tile first. The torch modules pad
+inside `forward` (see their docstrings), so ncnn's own output on a padded tile is what they reproduce.
+
 Refused with UnsupportedModelError: anything else, including the `_UP2X` / `_UP3X` files, which are the x4
 network followed by a bicubic downscale (an ncnn `Interp` after the residual add). Their weights are the same
 as the `_UP4X` file's, so import that one; a network that up- then down-scales is not an x2/x3 SR model.
 
 The `.bin` layout (ncnn's ModelBin): per Convolution a 4-byte tag then the weights [Cout, Cin, kh, kw]
 (0x01306B47 = fp16, aligned to 4 bytes; 0 or 0x0002C056 = raw fp32; any other non-zero tag = a 256-entry fp32
-table followed by uint8 indices; 0x000D4B38 = int8, refused), then the fp32 bias without a tag. PReLU slopes
-are raw fp32 without a tag.
+table followed by uint8 indices; 0x000D4B38 = int8, refused), then the fp32 bias without a tag. Deconvolution
+stores its weights [Cout, Cin, kh, kw] the same way (PyTorch's ConvTranspose2d holds [Cin, Cout, kh, kw]);
+InnerProduct [out, in]. PReLU slopes are raw fp32 without a tag.
 """
 
 from __future__ import annotations
@@ -33,13 +42,18 @@ TAG_INT8 = 0x000D4B38
 TAG_FP32_RAW = 0x0002C056
 
 # Layer types that carry no weights in the .bin
-WEIGHTLESS = {"Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU"}
+WEIGHTLESS = {"Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU", "Pooling",
+              "Scale", "Crop"}
 # Convolution param ids (ncnn's Convolution::load_param)
 NUM_OUTPUT, KERNEL_W, DILATION_W, STRIDE_W, PAD_LEFT, BIAS_TERM, WEIGHT_SIZE = 0, 1, 2, 3, 4, 5, 6
 ACTIVATION_TYPE, ACTIVATION_PARAMS, KERNEL_H = 9, 10, 11
-ACT_NONE, ACT_RELU, ACT_LEAKY = 0, 1, 2
+ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_SIGMOID = 0, 1, 2, 4
+# Deconvolution: 0 num_output, 1 kernel, 3 stride, 4 pad, 5 bias, 6 weight size (as Convolution)
+# InnerProduct: 0 num_output, 1 bias_term, 2 weight_data_size
+IP_BIAS, IP_WEIGHT_SIZE = 1, 2
 INTERP_NEAREST = 1
-SUPPORTED = "RRDBNet x4 (Real-ESRGAN x4plus, x4plus-anime) and SRVGGNetCompact (realesr-animevideov3)"
+SUPPORTED = ("RRDBNet x4 (Real-ESRGAN x4plus, x4plus-anime, RealSR DF2K), SRVGGNetCompact (realesr-animevideov3), "
+             "Real-CUGAN / waifu2x CUNet (x1-x4) and waifu2x upconv_7")
 
 ParamValue = int | float | tuple[float, ...]
 
@@ -88,13 +102,16 @@ class Graph:
 class NcnnImport:
     """What a .param/.bin pair holds: architecture, what the graph says about it, BasicSR-named weights."""
 
-    arch: str  # "rrdbnet" or "srvgg"
+    arch: str  # "rrdbnet", "srvgg", "realcugan" or "waifu2x"
     scale: int
     hyper: dict[str, object]  # read from the graph, cross-checked against detection from the weights
     state_dict: dict[str, np.ndarray]
     input_blob: str
     output_blob: str
     bin_path: Path
+    # what the graph (not the weights) tells the module, e.g. the tool's padding mode; merged into the
+    # hyperparameters detected from the weights
+    graph_params: dict[str, object] = field(default_factory=dict)
 
 
 # ---- .param ---------------------------------------------------------------------------------------
@@ -208,8 +225,10 @@ def read_weights(graph: Graph, data: bytes, where: str) -> dict[str, _Conv | np.
     reader = _BinReader(data, where)
     weights: dict[str, _Conv | np.ndarray] = {}
     for layer in graph.layers:
-        if layer.type == "Convolution":
+        if layer.type in ("Convolution", "Deconvolution"):
             weights[layer.name] = _read_conv(layer, reader)
+        elif layer.type == "InnerProduct":
+            weights[layer.name] = _read_inner_product(layer, reader)
         elif layer.type == "PReLU":
             weights[layer.name] = reader.raw_fp32(max(1, layer.as_int(0)), f"{layer.name} slopes")
         elif layer.type not in WEIGHTLESS:
@@ -236,6 +255,19 @@ def _read_conv(layer: Layer, reader: _BinReader) -> _Conv:
         raise InputError(f"{layer.name}: weight_data_size {size} does not fit {cout} x {kh}x{kw} kernels")
     weight = reader.tagged(size, f"{layer.name} weights").reshape(cout, cin, kh, kw)
     bias = reader.raw_fp32(cout, f"{layer.name} bias") if layer.as_int(BIAS_TERM) else None
+    return _Conv(layer, weight, bias)
+
+
+def _read_inner_product(layer: Layer, reader: _BinReader) -> _Conv:
+    """A fully connected layer, kept as a 1x1 convolution (how the SE blocks' PyTorch code holds it)."""
+    cout, size = layer.as_int(NUM_OUTPUT), layer.as_int(IP_WEIGHT_SIZE)
+    if layer.as_int(8) != 0:  # int8_scale_term
+        raise UnsupportedModelError(f"{layer.name}: int8-quantized ncnn layers are not supported")
+    cin, rem = divmod(size, max(1, cout))
+    if rem or cin == 0:
+        raise InputError(f"{layer.name}: weight_data_size {size} does not fit {cout} outputs")
+    weight = reader.tagged(size, f"{layer.name} weights").reshape(cout, cin, 1, 1)
+    bias = reader.raw_fp32(cout, f"{layer.name} bias") if layer.as_int(IP_BIAS) else None
     return _Conv(layer, weight, bias)
 
 
@@ -340,6 +372,131 @@ def _as_srvgg(graph: Graph, weights: dict[str, _Conv | np.ndarray]) -> tuple[dic
     return hyper, sd
 
 
+# ---- Real-CUGAN / waifu2x CUNet and waifu2x upconv_7 -------------------------------------------------
+_CONV, _DECONV, _FC = "Convolution", "Deconvolution", "InnerProduct"
+Activation = tuple[int, tuple[float, ...]]
+_LEAKY: Activation = (ACT_LEAKY, (0.1,))
+_NO_ACT: Activation = (ACT_NONE, ())
+
+
+def _unet_conv(prefix: str, se: bool) -> list[tuple[str, str, Activation]]:
+    layers: list[tuple[str, str, Activation]] = [(f"{prefix}.conv.0", _CONV, _LEAKY), (f"{prefix}.conv.2", _CONV, _LEAKY)]
+    if se:
+        layers += [(f"{prefix}.seblock.conv1", _FC, (ACT_RELU, ())), (f"{prefix}.seblock.conv2", _FC,
+                                                                        (ACT_SIGMOID, ()))]
+    return layers
+
+
+def _cunet_layers(scale: int) -> list[tuple[str, str, Activation]]:
+    """(PyTorch name, ncnn layer type, fused activation) of every weighted layer, in the graph's order."""
+    unet1 = [*_unet_conv("unet1.conv1", False), ("unet1.conv1_down", _CONV, _LEAKY),
+             *_unet_conv("unet1.conv2", True), ("unet1.conv2_up", _DECONV, _LEAKY), ("unet1.conv3", _CONV, _LEAKY),
+             ("unet1.conv_bottom", _CONV if scale == 1 else _DECONV, _NO_ACT)]
+    unet2 = [*_unet_conv("unet2.conv1", False), ("unet2.conv1_down", _CONV, _LEAKY),
+             *_unet_conv("unet2.conv2", True), ("unet2.conv2_down", _CONV, _LEAKY),
+             *_unet_conv("unet2.conv3", True), ("unet2.conv3_up", _DECONV, _LEAKY),
+             *_unet_conv("unet2.conv4", True), ("unet2.conv4_up", _DECONV, _LEAKY),
+             ("unet2.conv5", _CONV, _LEAKY), ("unet2.conv_bottom", _CONV, _NO_ACT)]
+    return unet1 + unet2 + ([("conv_final", _CONV, _NO_ACT)] if scale == 4 else [])
+
+
+def _weighted(graph: Graph) -> list[Layer]:
+    return [layer for layer in graph.layers if layer.type in (_CONV, _DECONV, _FC)]
+
+
+def _rounded_activation(conv: _Conv) -> Activation:
+    act, params = conv.activation
+    return act, tuple(round(v, 4) for v in params)
+
+
+def _torch_entries(name: str, conv: _Conv) -> dict[str, np.ndarray]:
+    """ncnn stores deconvolution kernels [Cout, Cin, kh, kw]; ConvTranspose2d holds [Cin, Cout, kh, kw]."""
+    if conv.layer.type == _DECONV:
+        conv = _Conv(conv.layer, np.ascontiguousarray(conv.weight.transpose(1, 0, 2, 3)), conv.bias)
+    return _conv_entries(name, conv)
+
+
+def _unsupported(graph: Graph, why: str) -> UnsupportedModelError:
+    types = sorted({layer.type for layer in graph.layers})
+    return UnsupportedModelError(f"{graph.where}: the ncnn graph is not a supported network ({why}; layer "
+                                 f"types {', '.join(types)}); srkit imports {SUPPORTED}")
+
+
+def _cunet_scale(graph: Graph, weighted: list[Layer]) -> int:
+    if any(layer.type == "PixelShuffle" for layer in graph.layers):
+        return 4
+    bottom = weighted[9] if len(weighted) > 9 else None  # unet1.conv_bottom
+    if bottom is not None and bottom.type == _CONV:
+        return 1
+    if bottom is not None and bottom.type == _DECONV:
+        kernel, stride = bottom.as_int(KERNEL_W), bottom.as_int(STRIDE_W, 1)
+        return {(4, 2): 2, (5, 3): 3}.get((kernel, stride), 0)
+    return 0
+
+
+def _check_geometry(graph: Graph, name: str, layer: Layer) -> None:
+    """Kernel, stride and padding of each layer, as in Real-CUGAN's PyTorch code."""
+    kernel, stride, pad = layer.as_int(KERNEL_W), layer.as_int(STRIDE_W, 1), layer.as_int(PAD_LEFT)
+    if layer.type == _FC:
+        return
+    if name.endswith(("_down", "_up")):
+        expected = (2, 2, 0)
+    elif name == "unet1.conv_bottom" and layer.type == _DECONV:
+        expected = (4, 2, 3) if kernel == 4 else (5, 3, 2)
+    else:
+        expected = (3, 1, 0)
+    if (kernel, stride, pad) != expected or layer.as_int(KERNEL_H, kernel) != kernel:
+        raise _unsupported(graph, f"{layer.name} ({name}) has kernel {kernel}, stride {stride}, pad {pad}; "
+                                  f"CUNet has {expected}")
+
+
+def _as_cunet(graph: Graph, weights: dict[str, _Conv | np.ndarray]) -> tuple[dict[str, object], dict]:
+    weighted = _weighted(graph)
+    scale = _cunet_scale(graph, weighted)
+    expected = _cunet_layers(scale) if scale else []
+    if not expected or [layer.type for layer in weighted] != [kind for _, kind, _ in expected]:
+        raise _unsupported(graph, f"{len(weighted)} weighted layers do not follow Real-CUGAN's U-Nets")
+    sd: dict[str, np.ndarray] = {}
+    for layer, (name, _kind, activation) in zip(weighted, expected, strict=True):
+        conv = weights[layer.name]
+        assert isinstance(conv, _Conv)
+        if _rounded_activation(conv) != activation:
+            raise _unsupported(graph, f"{layer.name} ({name}) has activation {conv.activation}, not {activation}")
+        _check_geometry(graph, name, layer)
+        sd.update(_torch_entries(name, conv))
+    if scale == 4:
+        tail = [layer.type for layer in graph.compute_layers()][-2:]
+        if tail != ["Crop", "PixelShuffle"]:
+            raise _unsupported(graph, f"an x4 CUNet ends in Crop, PixelShuffle, not {', '.join(tail)}")
+    first = sd["unet1.conv1.conv.0.weight"]
+    out_ch = sd["conv_final.weight"].shape[0] // 4 if scale == 4 else sd["unet2.conv_bottom.weight"].shape[0]
+    # waifu2x-ncnn-vulkan (Caffe-converted files: Scale layers, blob Input1) replicates the edge when it pads
+    # a tile; realcugan-ncnn-vulkan reflects
+    waifu2x_tool = any(layer.type == "Scale" for layer in graph.layers)
+    hyper = {"scale": scale, "in_channels": first.shape[1], "out_channels": out_ch,
+             "pad_mode": "replicate" if waifu2x_tool else "reflect"}
+    return hyper, sd
+
+
+def _as_upconv7(graph: Graph, weights: dict[str, _Conv | np.ndarray]) -> tuple[dict[str, object], dict]:
+    weighted = _weighted(graph)
+    if [layer.type for layer in weighted] != [_CONV] * 6 + [_DECONV] or len(graph.compute_layers()) != 7:
+        raise _unsupported(graph, "not six convolutions and a deconvolution in a chain (waifu2x upconv_7)")
+    sd: dict[str, np.ndarray] = {}
+    for index, layer in enumerate(weighted):
+        conv = weights[layer.name]
+        assert isinstance(conv, _Conv)
+        is_last = index == 6
+        geometry = (layer.as_int(KERNEL_W), layer.as_int(STRIDE_W, 1), layer.as_int(PAD_LEFT))
+        if geometry != ((4, 2, 3) if is_last else (3, 1, 0)):
+            raise _unsupported(graph, f"{layer.name} has kernel/stride/pad {geometry}, unlike upconv_7")
+        if _rounded_activation(conv) != (_NO_ACT if is_last else _LEAKY):
+            raise _unsupported(graph, f"{layer.name} has activation {conv.activation}, unlike upconv_7")
+        sd.update(_torch_entries(f"net.{2 * index}", conv))
+    hyper = {"scale": 2, "in_channels": sd["net.0.weight"].shape[1], "out_channels": sd["net.12.weight"].shape[1]}
+    return hyper, sd
+
+
 def import_ncnn(param_path: str | Path) -> NcnnImport:
     """Read a .param and the .bin beside it into BasicSR-named weights, refusing unknown networks."""
     param_path = Path(param_path)
@@ -356,7 +513,15 @@ def import_ncnn(param_path: str | Path) -> NcnnImport:
     graph = parse_param(text, str(param_path))
     weights = read_weights(graph, bin_path.read_bytes(), str(bin_path))
     types = {layer.type for layer in graph.layers}
-    if "PixelShuffle" in types:
+    graph_params: dict[str, object] = {}
+    if "Deconvolution" in types and "Pooling" in types:
+        arch, (hyper, sd) = "realcugan", _as_cunet(graph, weights)
+        scale = int(hyper["scale"])  # type: ignore[call-overload]
+        graph_params["pad_mode"] = hyper["pad_mode"]
+    elif "Deconvolution" in types:
+        arch, (hyper, sd) = "waifu2x", _as_upconv7(graph, weights)
+        scale = 2
+    elif "PixelShuffle" in types:
         arch, (hyper, sd) = "srvgg", _as_srvgg(graph, weights)
         scale = int(hyper["upscale"])  # type: ignore[call-overload]
     elif "Eltwise" in types and "Concat" in types:
@@ -365,4 +530,4 @@ def import_ncnn(param_path: str | Path) -> NcnnImport:
     else:
         raise UnsupportedModelError(f"{graph.where}: the ncnn graph is not a supported network; "
                                     f"srkit imports {SUPPORTED}")
-    return NcnnImport(arch, scale, hyper, sd, graph.input_blob, graph.output_blob, bin_path)
+    return NcnnImport(arch, scale, hyper, sd, graph.input_blob, graph.output_blob, bin_path, graph_params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from srkit.errors import UnsupportedModelError
-from srkit.models import edsr, espcn, fsrcnn, rcan, rdn, rrdbnet, srcnn, srresnet, srvgg, vdsr
+from srkit.models import edsr, espcn, fsrcnn, rcan, rdn, realcugan, rrdbnet, srcnn, srresnet, srvgg, vdsr, waifu2x
 from srkit.models.base import ArchSpec, Params, StateDict
 
 _SPECS: dict[str, ArchSpec] = {}
@@ -17,6 +17,8 @@ def register(spec: ArchSpec) -> ArchSpec:
 
 
 for _module in (espcn, srcnn, fsrcnn, vdsr, srresnet, edsr, rdn, rcan, rrdbnet, srvgg):
+    register(_module.SPEC)
+for _module in (waifu2x, realcugan):  # the ncnn tools' networks (also as .pth in their public layouts)
     register(_module.SPEC)
 
 

@@ -178,22 +178,35 @@ class Backend(ABC):
 
     def _check_scale(self) -> None:
         """Run one small probe and compare the output size with srkit.scale: metadata that lies about the
-        scale would otherwise give a silently cropped or padded picture."""
-        probe = self.probe_input()
-        out = self._infer(probe)
-        h, w = self.input_hw(probe)
-        expected = (h * self.info.scale, w * self.info.scale)
-        got = self.input_hw(out)
-        if got != expected:
-            raise UnsupportedModelError(
-                f"{self.model_path}: its metadata says x{self.info.scale}, but the graph turns a {h}x{w} input "
-                f"into {got[0]}x{got[1]}; re-export it with srkit export"
-            )
+        scale would otherwise give a silently cropped or padded picture. Networks that reflect-pad their
+        input need a few dozen pixels (Real-CUGAN: 19-29), so a probe too small for the graph is retried
+        larger before the model is called unloadable."""
+        last: Exception | None = None
+        for side in (8, 32, 64):
+            probe = self.probe_input(side)
+            try:
+                out = self._infer(probe)
+            except Exception as exc:  # the graph refused this size: try a larger one
+                last = exc
+                if self.info.static_shape:
+                    break
+                continue
+            h, w = self.input_hw(probe)
+            expected = (h * self.info.scale, w * self.info.scale)
+            got = self.input_hw(out)
+            if got != expected:
+                raise UnsupportedModelError(
+                    f"{self.model_path}: its metadata says x{self.info.scale}, but the graph turns a {h}x{w} "
+                    f"input into {got[0]}x{got[1]}; re-export it with srkit export"
+                )
+            return
+        first = " ".join(str(last).split())[:240]
+        raise UnsupportedModelError(f"{self.model_path}: {self.title} cannot run this model ({first})")
 
-    def probe_input(self) -> np.ndarray:
-        """The smallest input this model takes that still shows its scale (its static shape if it has one)."""
+    def probe_input(self, side: int = 8) -> np.ndarray:
+        """A small input that still shows the model's scale (its static shape if it has one)."""
         m = max(1, self.info.size_multiple)
-        h, w = self.info.static_shape or (m * max(1, 8 // m), m * max(1, 8 // m))
+        h, w = self.info.static_shape or (m * max(1, side // m), m * max(1, side // m))
         if self.info.io == Io.TENSOR:
             return np.full((1, self.info.in_channels, h, w), 0.5, np.float32)
         dtype, channels = PIPELINE_INPUTS[self.info.io]
@@ -210,10 +223,19 @@ class Backend(ABC):
         if not self.active:
             self.activate()
         x = np.ascontiguousarray(x)
-        if self.thread_safe:
-            return self._infer(x)
-        with self._call_lock:
-            return self._infer(x)
+        try:
+            if self.thread_safe:
+                return self._infer(x)
+            with self._call_lock:
+                return self._infer(x)
+        except SrkitError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # the runtime refused this input (e.g. smaller than the model's own padding)
+            h, w = self.input_hw(x)
+            first = " ".join(str(exc).split())[:200]
+            raise InputError(f"{self.model_path.name}: {self.title} failed on a {w}x{h} input ({first})") from None
 
     def _check_input(self, x: np.ndarray) -> None:
         if self.info.io == Io.TENSOR:

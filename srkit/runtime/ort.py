@@ -74,7 +74,11 @@ def session_options(threads: int | None) -> Any:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = int(threads)
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach srkit as exceptions; ORT printing them too would be a second line
+    # ORT's threads spin after each run by default; an Upscaler holds several sessions (the model, its
+    # pipelines) and the video path runs a decoder and an encoder beside it, so spinning threads would take
+    # the cores the next call needs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 

@@ -428,7 +428,7 @@ class TensorRTBackend(Backend):
         self.engine_source = "built"
         return data
 
-    def probe_input(self) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
+    def probe_input(self, side: int = 8) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
         """The scale probe must lie inside the engine's optimization profile: its smallest shape."""
         return np.full(self.trt_profile.min, 0.5, np.float32)
 
