@@ -82,17 +82,21 @@ def test_stale_temp_files_of_a_killed_write_are_recognised_exactly(tmp_path: Pat
     """What a killed worker leaves (atomic_path's temp file) is removed; another output's temp file is not."""
     import tempfile
 
+    from srkit._fs import temp_affixes
     from srkit.cluster.workers import remove_stale_parts
 
     def temp_of(name: str) -> Path:  # exactly as srkit._fs.atomic_path names it
-        target = tmp_path / name
-        fd, path = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}", dir=tmp_path)
+        prefix, suffix = temp_affixes(tmp_path / name)
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=tmp_path)
         os.close(fd)
         return Path(path)
 
-    mine, other, other_suffix = temp_of("a.png"), temp_of("a.b.png"), temp_of("a.jpg")
+    long_name = "x" * 200 + ".png"  # atomic_path shortens long names: the pattern must follow it
+    mine, other, other_suffix, long_temp = temp_of("a.png"), temp_of("a.b.png"), temp_of("a.jpg"), temp_of(long_name)
     remove_stale_parts(tmp_path / "a.png")
     assert not mine.exists() and other.exists() and other_suffix.exists()
+    remove_stale_parts(tmp_path / long_name)
+    assert not long_temp.exists() and other.exists()
 
 
 def test_an_address_nobody_answers_is_one_line_not_minutes(images: dict[str, Path], espcn_x3_onnx: Path,

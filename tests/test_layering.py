@@ -17,7 +17,7 @@ ALLOWED = {
     "runtime": {"runtime"},
     "bench": {"bench", "runtime"},
     "cluster": {"cluster", "runtime"},
-    "cli": {"cli", "models", "export", "calibration", "runtime", "bench", "cluster"},
+    "cli": {"cli", "models", "export", "calibration", "runtime", "bench", "cluster", "jobs"},
     "__main__": {"cli"},
 }
 HEAVY = {"torch", "onnxruntime", "openvino", "tensorrt", "nncf", "av", "onnxslim", "matplotlib", "ray"}

@@ -121,10 +121,13 @@ class FileUpscaler(_LoadsUpscaler):
 
 def remove_stale_parts(dst: Path) -> None:
     """Remove the temp files a killed worker left beside `dst`: srkit._fs.atomic_path names them
-    `.{stem}.XXXXXXXX.part{suffix}` (tempfile's 8 random characters). Only a write of this same output makes such a
-    name (the exact pattern keeps `a.png` from touching the temp file of `a.b.png`), and Ray retries an item only
-    after the worker that held it has died, so none of them is still being written."""
-    pattern = re.compile(rf"\.{re.escape(dst.stem)}\.[a-z0-9_]{{8}}\.part{re.escape(dst.suffix)}")
-    for stale in glob.glob(str(dst.parent / f".{glob.escape(dst.stem)}.*.part{glob.escape(dst.suffix)}")):
+    prefix + tempfile's 8 random characters + suffix (srkit._fs.temp_affixes). Only a write of this same output
+    makes such a name (the exact pattern keeps `a.png` from touching the temp file of `a.b.png`), and Ray retries
+    an item only after the worker that held it has died, so none of them is still being written."""
+    from srkit._fs import temp_affixes
+
+    prefix, suffix = temp_affixes(dst)
+    pattern = re.compile(rf"{re.escape(prefix)}[a-z0-9_]{{8}}{re.escape(suffix)}")
+    for stale in glob.glob(str(dst.parent / f"{glob.escape(prefix)}*{glob.escape(suffix)}")):
         if pattern.fullmatch(Path(stale).name):
             Path(stale).unlink(missing_ok=True)
