@@ -19,6 +19,12 @@ def register(spec: ArchSpec) -> ArchSpec:
 for _module in (espcn, srcnn, fsrcnn, vdsr, srresnet, edsr, rdn, rcan, rrdbnet, srvgg):
     register(_module.SPEC)
 
+# the architectures of the community model database (chaiNNer / spandrel key layouts)
+from srkit.models import omnisr, plksr, safmn, span  # noqa: E402
+
+for _module in (span, plksr, safmn, omnisr):
+    register(_module.SPEC)
+
 
 def names() -> list[str]:
     return sorted(_SPECS)
