@@ -52,7 +52,7 @@ def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     """(B, H, W, C) -> (B * H/ws * W/ws, ws, ws, C); H and W must be multiples of ws."""
     b, h, w, c = x.shape
     x = x.view(b, h // ws, ws, w // ws, ws, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, c)
 
 
 def window_reverse(windows: torch.Tensor, ws: int, h: Any, w: Any) -> torch.Tensor:
