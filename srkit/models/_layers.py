@@ -68,14 +68,17 @@ def _shift_regions(n: Any, ws: int, shift: int) -> torch.Tensor:
     return (i >= n - ws).to(torch.int64) + (i >= n - shift).to(torch.int64)
 
 
-def shifted_window_mask(h: Any, w: Any, ws: int, shift: int, dtype: torch.dtype) -> torch.Tensor:
-    """Swin's attention mask for shifted windows, (nW, ws*ws, ws*ws) with 0 / -100, for any H and W.
+def shifted_window_mask(h: Any, w: Any, ws: int, shift: int, dtype: torch.dtype,
+                        rect: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Swin's attention mask for shifted windows, (nW, N, N) with 0 / -100, for any H and W.
 
     The reference implementations fill an image with the 9 region ids by slicing and partition it; the
     same ids come from comparisons with arange, so the mask is computed inside the graph from the size.
+    `rect` = (window_h, window_w, shift_h, shift_w) for rectangular windows (DAT); else square ws/shift.
     """
-    regions = _shift_regions(h, ws, shift)[:, None] * 3 + _shift_regions(w, ws, shift)[None, :]
-    windows = window_partition(regions[None, :, :, None], ws).reshape(-1, ws * ws)
+    wh, ww, sh, sw = rect if rect is not None else (ws, ws, shift, shift)
+    regions = _shift_regions(h, wh, sh)[:, None] * 3 + _shift_regions(w, ww, sw)[None, :]
+    windows = regions.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
     diff = windows[:, None, :] - windows[:, :, None]
     zero = torch.zeros((), dtype=dtype)
     return torch.where(diff != 0, torch.full((), -100.0, dtype=dtype), zero)

@@ -20,9 +20,9 @@ for _module in (espcn, srcnn, fsrcnn, vdsr, srresnet, edsr, rdn, rcan, rrdbnet, 
     register(_module.SPEC)
 
 # the architectures of the community model database (chaiNNer / spandrel key layouts)
-from srkit.models import hat, omnisr, plksr, safmn, span, swinir  # noqa: E402
+from srkit.models import dat, hat, omnisr, plksr, safmn, span, swinir  # noqa: E402
 
-for _module in (span, plksr, safmn, omnisr, swinir, hat):
+for _module in (span, plksr, safmn, omnisr, swinir, hat, dat):
     register(_module.SPEC)
 
 
