@@ -78,6 +78,8 @@ class SpatialAttention(nn.Module):
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
         index = (rel[:, :, 0] + self.h_sp - 1) * (2 * self.w_sp - 1) + rel[:, :, 1] + self.w_sp - 1
         self.register_buffer("relative_position_index", index)
+        self.rpe_biases: torch.Tensor
+        self.relative_position_index: torch.Tensor
 
     def to_windows(self, x: torch.Tensor, h: Any, w: Any) -> torch.Tensor:
         b, _, c = x.shape
@@ -254,6 +256,7 @@ class DAT(nn.Module):
         in_ch, dim, scale = p["in_channels"], p["embed_dim"], p["scale"]
         self.scale, self.upsampler = scale, p["upsampler"]
         self.register_buffer("mean", rgb_mean(in_ch), persistent=False)
+        self.mean: torch.Tensor
         self.conv_first = nn.Conv2d(in_ch, dim, 3, 1, 1)
         self.before_RG = TokenNorm(dim)
         self.layers = nn.ModuleList(

@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from srkit.meta import Color
@@ -206,6 +205,7 @@ class HAT(nn.Module):
         in_ch, dim, ws, scale, nf = p["in_channels"], p["embed_dim"], p["window_size"], p["scale"], p["num_feat"]
         self.ws, self.scale = ws, scale
         self.register_buffer("mean", rgb_mean(in_ch), persistent=False)
+        self.mean: torch.Tensor
         self.register_buffer("relative_position_index_SA", relative_position_index(ws))
         self.register_buffer("relative_position_index_OCA", oca_index(ws, overlap_window(p)))
         self.conv_first = nn.Conv2d(in_ch, dim, 3, 1, 1)

@@ -39,8 +39,8 @@ def pad_zeros(x: torch.Tensor, multiple: int, minimum: int) -> torch.Tensor:
     h, w = x.shape[-2], x.shape[-1]
     floor = -(-minimum // multiple) * multiple
     if torch.jit.is_tracing():
-        th = torch.clamp(h + (multiple - h % multiple) % multiple, min=floor)
-        tw = torch.clamp(w + (multiple - w % multiple) % multiple, min=floor)
+        th: Any = torch.clamp(torch.as_tensor(h + (multiple - h % multiple) % multiple), min=floor)
+        tw: Any = torch.clamp(torch.as_tensor(w + (multiple - w % multiple) % multiple), min=floor)
     else:
         th = max(int(h) + (-int(h)) % multiple, floor)
         tw = max(int(w) + (-int(w)) % multiple, floor)

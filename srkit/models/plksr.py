@@ -54,10 +54,7 @@ class PartialConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x[:, : self.pdim], x[:, self.pdim :]
-        if self.rect:
-            x1 = self.mn_conv(x1) + self.nm_conv(x1) + self.nn_conv(x1)
-        else:
-            x1 = self.conv(x1)
+        x1 = self.mn_conv(x1) + self.nm_conv(x1) + self.nn_conv(x1) if self.rect else self.conv(x1)
         return torch.cat([x1, x2], dim=1)
 
 
@@ -92,10 +89,7 @@ class PLKBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x
-        if self.real:
-            x = self.channel_mixer(self.layer_norm(x))
-        else:
-            x = self.channe_mixer(x)
+        x = self.channel_mixer(self.layer_norm(x)) if self.real else self.channe_mixer(x)
         x = self.norm(self.refine(self.attn(self.lk(x))))
         return x + skip
 
@@ -152,6 +146,7 @@ class PLKSR(nn.Module):
         self.feats = nn.Sequential(*layers)
         self.register_buffer("repeat_index", torch.arange(3 * scale * scale) // (scale * scale),
                              persistent=False)
+        self.repeat_index: torch.Tensor
         if p.get("dysample"):
             self.to_img: nn.Module = DySample(3 * scale * scale, 3, scale, groups=3 if scale % 2 else 4)
         else:

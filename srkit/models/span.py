@@ -49,14 +49,16 @@ class Conv3XC(nn.Module):
     @torch.no_grad()
     def fuse(self) -> None:
         """eval_conv <- the composition sk + conv.2 o conv.1 o conv.0 (one 3x3 conv)."""
-        c0, c1, c2 = self.conv[0], self.conv[1], self.conv[2]
-        w0, w1, w2 = c0.weight[:, :, 0, 0], c1.weight, c2.weight[:, :, 0, 0]
+        convs: list[nn.Conv2d] = [self.conv[0], self.conv[1], self.conv[2]]  # type: ignore[list-item]
+        w0, w1, w2 = convs[0].weight[:, :, 0, 0], convs[1].weight, convs[2].weight[:, :, 0, 0]
+        b0, b1, b2, bs = (c.bias for c in (*convs, self.sk))
+        assert b0 is not None and b1 is not None and b2 is not None and bs is not None
         # 1x1 then 3x3: mix the 3x3 kernel's input channels through w0; then mix its outputs through w2
         weight = torch.einsum("om,mikl,in->onkl", w2, w1, w0)
-        bias = w2 @ (torch.einsum("mikl,i->m", w1, c0.bias) + c1.bias) + c2.bias
+        bias = w2 @ (torch.einsum("mikl,i->m", w1, b0) + b1) + b2
         weight[:, :, 1, 1] += self.sk.weight[:, :, 0, 0]
         self.eval_conv.weight.copy_(weight)
-        self.eval_conv.bias.copy_(bias + self.sk.bias)  # type: ignore[union-attr]
+        self.eval_conv.bias.copy_(bias + bs)  # type: ignore[union-attr]
 
     def train(self, mode: bool = True) -> Conv3XC:
         super().train(mode)
@@ -92,6 +94,7 @@ class SPAN(nn.Module):
         super().__init__()
         self.norm = norm
         self.register_buffer("mean", torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.mean: torch.Tensor
         if not norm:  # the public files of un-normalised models carry this marker buffer
             self.register_buffer("no_norm", torch.zeros(1))
         self.conv_1 = Conv3XC(in_ch, feat)

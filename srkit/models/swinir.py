@@ -78,6 +78,7 @@ class WindowAttention(nn.Module):
         self.scale = (dim // heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, heads))
         self.register_buffer("relative_position_index", relative_position_index(ws))
+        self.relative_position_index: torch.Tensor
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -183,6 +184,7 @@ class SwinIR(nn.Module):
         self.ws, self.scale, self.upsampler = ws, scale, p["upsampler"]
         self.img_range = float(p["img_range"])
         self.register_buffer("mean", rgb_mean(in_ch), persistent=False)
+        self.mean: torch.Tensor
         self.conv_first = nn.Conv2d(in_ch, dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(dim, p["patch_norm"])
         self.layers = nn.ModuleList(RSTB(dim, d, h, p) for d, h in zip(p["depths"], p["num_heads"], strict=True))
