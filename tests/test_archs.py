@@ -168,3 +168,17 @@ def test_static_shape_respects_the_size_multiple(tmp_path: Path) -> None:
     dims = [d.dim_value for d in onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 12, 18]
     assert result.parity is not None and result.parity.shapes == [[1, 3, 12, 18]]
+
+
+def test_every_registered_architecture_has_a_test_case() -> None:
+    """Registering an architecture without adding it to a parity matrix fails here: the tables above, the
+    bundled models' export tests (test_export.py), or tests/test_archs_modern.py's CASES."""
+    from test_archs_modern import CASES as MODERN_CASES
+
+    from srkit.models import zoo
+
+    covered = {arch_of(name) for name in SCALES}
+    covered |= {entry.arch for entry in zoo.entries().values()}
+    covered |= {arch for arch, _ in MODERN_CASES.values()}
+    missing = sorted(set(registry.names()) - covered)
+    assert not missing, f"registered but covered by no test case: {missing}"

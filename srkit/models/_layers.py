@@ -14,7 +14,8 @@ from torch import nn
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-def _as_tensor(n: Any) -> torch.Tensor:
+def as_tensor(n: Any) -> torch.Tensor:
+    """A size as a tensor: already one while tracing (keep it, so it stays dynamic), else a new one."""
     return n if isinstance(n, torch.Tensor) else torch.tensor(n)
 
 
@@ -23,7 +24,7 @@ def reflect_index(n: Any, total: Any) -> torch.Tensor:
     F.pad(mode="reflect") does, but defined for any pad: past one reflection it keeps folding (a 5-pixel
     input padded to 16 reads 0 1 2 3 4 3 2 1 0 1 ...), where F.pad refuses pads >= n."""
     i = torch.arange(total)
-    period = torch.clamp(2 * (_as_tensor(n) - 1), min=1)
+    period = torch.clamp(2 * (as_tensor(n) - 1), min=1)
     m = torch.remainder(i, period)
     return torch.minimum(m, period - m)
 
@@ -44,7 +45,7 @@ def _padded_size(n: Any, multiple: int, minimum: int) -> Any:
     size = n + (multiple - n % multiple) % multiple
     if minimum:
         floor = -(-minimum // multiple) * multiple  # the minimum, rounded up to the multiple
-        size = torch.clamp(_as_tensor(size), min=floor)
+        size = torch.clamp(as_tensor(size), min=floor)
     return size
 
 

@@ -29,6 +29,13 @@ class ArchSpec:
     size_multiple: int = 1
     # radius in low-resolution pixels that influences one output pixel; tiling overlaps at least this
     receptive_field: int = 8
+    # True when some output pixels depend on the whole input (global pooling or channel attention over all
+    # pixels, GroupNorm statistics): tiled output then approximates the untiled one whatever the overlap,
+    # and receptive_field is only the tile overlap used
+    global_context: bool = False
+    # measured, not assumed (docs/architectures.md): False where fp16 inference is known or measured to
+    # overflow or lose accuracy; srkit's fp16 export still keeps overflowing nodes in fp32 either way
+    fp16_safe: bool = True
     # False when the weights do not tell the scale (e.g. SRCNN works at any scale it was trained for)
     scale_in_weights: bool = True
     defaults: Params = field(default_factory=dict)

@@ -364,6 +364,8 @@ SPEC = ArchSpec(
     detect=detect,
     # global (channel attention, see the module docstring): this is the tile overlap, not a bound
     receptive_field=64,
+    global_context=True,
+    fp16_safe=False,  # spandrel, from real files; see docs/architectures.md
     defaults={"in_channels": 3, "embed_dim": 180, "depth": [6] * 6, "num_heads": [6] * 6, "split_size": [8, 32],
               "expansion_factor": 2.0, "qkv_bias": True, "resi_connection": "1conv", "upsampler": "pixelshuffle",
               "num_feat": 64},

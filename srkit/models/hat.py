@@ -297,6 +297,8 @@ SPEC = ArchSpec(
     detect=detect,
     # global (channel attention, see the module docstring): this is the tile overlap, not a bound
     receptive_field=64,
+    global_context=True,
+    fp16_safe=False,  # spandrel, from real files; see docs/architectures.md
     defaults={"in_channels": 3, "embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 16,
               "overlap_ratio": 0.5, "compress_ratio": 3, "squeeze_factor": 30, "mlp_ratio": 2.0,
               "qkv_bias": True, "patch_norm": True, "resi_connection": "1conv", "num_feat": 64},

@@ -27,7 +27,7 @@ from torch import nn
 
 from srkit.meta import Color
 from srkit.models import _detect
-from srkit.models._layers import LayerNorm2d, relative_position_index
+from srkit.models._layers import LayerNorm2d, as_tensor, relative_position_index
 from srkit.models.base import ArchSpec, Params, StateDict
 
 HEADS = 4
@@ -39,8 +39,8 @@ def pad_zeros(x: torch.Tensor, multiple: int, minimum: int) -> torch.Tensor:
     h, w = x.shape[-2], x.shape[-1]
     floor = -(-minimum // multiple) * multiple
     if torch.jit.is_tracing():
-        th: Any = torch.clamp(torch.as_tensor(h + (multiple - h % multiple) % multiple), min=floor)
-        tw: Any = torch.clamp(torch.as_tensor(w + (multiple - w % multiple) % multiple), min=floor)
+        th: Any = torch.clamp(as_tensor(h + (multiple - h % multiple) % multiple), min=floor)
+        tw: Any = torch.clamp(as_tensor(w + (multiple - w % multiple) % multiple), min=floor)
     else:
         th = max(int(h) + (-int(h)) % multiple, floor)
         tw = max(int(w) + (-int(w)) % multiple, floor)
@@ -292,6 +292,8 @@ SPEC = ArchSpec(
     detect=detect,
     # global (see the module docstring): this is the tile overlap, not a bound on the context
     receptive_field=64,
+    global_context=True,
+    fp16_safe=True,  # docs/architectures.md
     defaults={"in_channels": 3, "num_feat": 64, "res_num": 5, "block_num": 1, "window_size": 8, "pe": True,
               "bias": True},
 )

@@ -27,7 +27,7 @@ from torch import nn
 
 from srkit.meta import Color
 from srkit.models import _detect
-from srkit.models._layers import LayerNorm2d
+from srkit.models._layers import LayerNorm2d, as_tensor
 from srkit.models.base import ArchSpec, Params, StateDict
 
 MIXERS = {"CCM": (3, 1), "ICCM": (1, 3), "DCCM": (3, 3)}  # kernel sizes of the mixer's two convs
@@ -122,7 +122,7 @@ class DySample(nn.Module):
         ys = torch.arange(h, dtype=x.dtype) + 0.5
         xs = torch.arange(w, dtype=x.dtype) + 0.5
         base = torch.stack(torch.meshgrid(xs, ys, indexing="ij")).transpose(1, 2)[None, :, None]  # 1,2,1,h,w
-        size = torch.stack([torch.as_tensor(w), torch.as_tensor(h)]).to(x.dtype).view(1, 2, 1, 1, 1)
+        size = torch.stack([as_tensor(w), as_tensor(h)]).to(x.dtype).view(1, 2, 1, 1, 1)
         coords = 2 * (base + offset) / size - 1
         coords = F.pixel_shuffle(coords.reshape(b, -1, h, w), s)
         coords = coords.view(b, 2, -1, s * h, s * w).permute(0, 2, 3, 4, 1).flatten(0, 1)
@@ -211,7 +211,10 @@ SPEC = ArchSpec(
     scales=(1, 2, 3, 4, 8),
     build=build,
     detect=detect,
-    receptive_field=310,  # theoretical (see the module docstring); RealPLKSR's GroupNorm is global
+    # theoretical 282-310 (see the module docstring); 64 bounds the tile overlap, as EDSR's 32 does
+    receptive_field=64,
+    global_context=True,  # RealPLKSR's GroupNorm (the common variant); PLKSR and the LayerNorm variant are local
+    fp16_safe=False,  # RealPLKSR with GroupNorm (spandrel, from real files); PLKSR and LayerNorm RealPLKSR are safe
     defaults={"variant": "real", "dim": 64, "n_blocks": 28, "kernel_size": 17, "split_ratio": 0.25,
               "use_ea": True, "lk_type": "PLK", "layer_norm": False, "dysample": False, "norm_groups": 4},
 )

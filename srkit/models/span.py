@@ -147,5 +147,6 @@ SPEC = ArchSpec(
     build=build,
     detect=detect,
     receptive_field=21,  # see the module docstring
+    fp16_safe=True,  # docs/architectures.md: measured finite, peak activation ~130 (input x 255)
     defaults={"in_channels": 3, "feature_channels": 48, "norm": True},
 )

@@ -320,7 +320,10 @@ SPEC = ArchSpec(
     scales=(1, 2, 3, 4, 8),
     build=build,
     detect=detect,
-    receptive_field=262,  # SwinIR-M classical SR; receptive_field(params) for others
+    # theoretical 262 for SwinIR-M (receptive_field(params)); windows make tiles approximate anyway, and 64
+    # (8 windows) bounds the tile overlap
+    receptive_field=64,
+    fp16_safe=False,  # spandrel, from real files; see docs/architectures.md
     defaults={"in_channels": 3, "embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 8,
               "mlp_ratio": 2.0, "upsampler": "pixelshuffle", "resi_connection": "1conv", "qkv_bias": True,
               "patch_norm": True, "img_range": 1.0, "num_feat": 64},
