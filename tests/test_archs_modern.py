@@ -318,3 +318,21 @@ def test_export_parity_and_upscale(case: str, tmp_path: Path, photos: dict[str, 
     assert untiled.dtype == tiled.dtype == np.uint8
     assert plan is not None and plan.count >= 4, "the image must really be cut into tiles"
     assert psnr(tiled / 255.0, untiled / 255.0) >= TILED_MIN_PSNR[arch]
+
+
+def test_cli_exports_a_public_checkpoint_without_flags_and_upscales_tiled_and_untiled(
+        tmp_path: Path, photos: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]) -> None:
+    """`srkit export FILE` then `srkit upscale -m`: a SwinIR file as released, no --arch / --scale."""
+    from srkit.cli.main import run
+    from srkit.imageio import read_image, write_image
+
+    case = "swinir-x4-lightweight"
+    onnx = tmp_path / "swinir.onnx"
+    assert run(["export", str(public_file(case, tmp_path)), "-o", str(onnx)]) == 0, capsys.readouterr().err
+    src = write_image(tmp_path / "in.png", np.ascontiguousarray(photos["coffee"][:170, :201]))
+    rf = registry.get("swinir").receptive_field
+    tiled = ["--tile", str(2 * rf + 24), "--tile-overlap", str(rf)]
+    for name, extra in (("untiled.png", []), ("tiled.png", tiled)):
+        code = run(["upscale", str(src), "-m", str(onnx), "-o", str(tmp_path / name), "--backend", "ort", *extra])
+        assert code == 0, capsys.readouterr().err
+        assert read_image(tmp_path / name).shape == (680, 804, 3)
