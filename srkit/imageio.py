@@ -8,19 +8,29 @@
 - The EXIF orientation is applied on reading, so what comes out is upright and carries no orientation tag.
 - The ICC profile is read and can be written back (`ImageFile.icc_profile` -> `write_image(icc_profile=)`);
   for 16-bit colour PNG the iCCP chunk is added to OpenCV's output.
+- Float TIFFs (32- or 64-bit samples) come in as float32 in 0-1, srkit's float convention; a file whose values
+  leave 0-1 by more than one 8-bit step (0-255 data, HDR) or hold NaN/inf is refused, never clipped or scaled by
+  a guess. A float32 image written to .tif/.tiff stays a float32 TIFF; to other formats it becomes 8 bits.
+- The declared size is checked before anything is decoded: more than `SRKIT_MAX_MEGAPIXELS` (default 120)
+  megapixels is refused in one line, so a small "bomb" file cannot take gigabytes of memory first.
 - Writes are atomic: a temp file beside the target, renamed into place only when complete.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
+import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, TiffImagePlugin
 
 from srkit._fs import atomic_path
 from srkit.errors import InputError
@@ -28,7 +38,15 @@ from srkit.errors import InputError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 LOSSY_SUFFIXES = {".jpg", ".jpeg", ".webp"}
 SIXTEEN_BIT_SUFFIXES = {".png", ".tif", ".tiff"}
-MAX_PIXELS = 400_000_000  # a limit on decoding, to refuse decompression bombs with a clear message
+FLOAT_SUFFIXES = {".tif", ".tiff"}  # float32 in, float32 out
+# A limit on decoding, checked against the size a file declares before any pixel is decoded, so a small
+# "decompression bomb" is refused in one line instead of costing gigabytes first. 120 MP is above every camera
+# but the largest medium-format backs; SRKIT_MAX_MEGAPIXELS raises (or lowers) it for trusted files.
+MAX_MEGAPIXELS_ENV = "SRKIT_MAX_MEGAPIXELS"
+DEFAULT_MAX_MEGAPIXELS = 120.0
+MAX_PIXELS = int(DEFAULT_MAX_MEGAPIXELS * 1_000_000)
+# Float samples beyond 0-1 by less than one 8-bit step are rounding noise and clipped; further out is refused.
+FLOAT_TOLERANCE = 1.0 / 255.0
 ORIENTATION_TAG = 0x0112
 
 
@@ -36,45 +54,195 @@ ORIENTATION_TAG = 0x0112
 class ImageFile:
     """Pixels plus what should travel from the input file to the output file."""
 
-    pixels: np.ndarray  # HxW, HxWx3 or HxWx4; uint8 or uint16
+    pixels: np.ndarray  # HxW, HxWx3 or HxWx4; uint8, uint16 or (float TIFF) float32 in 0-1
     icc_profile: bytes | None = None
     format: str = ""  # Pillow's name of the format read, e.g. "PNG"
+    frames: int = 1  # animated PNG/GIF/WebP and multi-page TIFF hold more; `pixels` is the first one
 
 
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA) as uint8 or uint16, upright."""
-    return load_image(path).pixels
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA) as uint8, uint16 or float32 (float TIFF), upright."""
+    return load_image(path, max_pixels=max_pixels).pixels
 
 
-def load_image(path: str | Path) -> ImageFile:
+def load_image(path: str | Path, *, max_pixels: int | None = None) -> ImageFile:
+    """`max_pixels`: refuse a file declaring more pixels than this (default: `pixel_limit()`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"input not found: {path}")
     if path.stat().st_size == 0:
         raise InputError(f"cannot read image {path}: the file is empty")
+    limit = pixel_limit() if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise InputError(f"{path} is {img.width}x{img.height}: too large to decode")
+        float_tiff = _float_tiff_needing_opencv(path, limit)
+        if float_tiff is not None:
+            return float_tiff
+        with _open_header(path, limit) as img:
             icc = img.info.get("icc_profile") or None
             fmt = img.format or ""
+            frames = int(getattr(img, "n_frames", 1) or 1)
             if _is_16bit_colour(img):
                 orientation = int(img.getexif().get(ORIENTATION_TAG, 1) or 1)
                 pixels = _orient(_read_16bit_colour(path), orientation)
             else:
                 img.load()
                 pixels = _to_array(ImageOps.exif_transpose(img))
+            if pixels.dtype.kind == "f":
+                pixels = unit_float(pixels, path)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, zlib.error... for bad data
         raise InputError(f"cannot read image {path}: {_first_line(exc)}") from None
-    return ImageFile(pixels, icc, fmt)
+    return ImageFile(pixels, icc, fmt, frames)
+
+
+def pixel_limit() -> int:
+    """The most pixels srkit decodes from one file: SRKIT_MAX_MEGAPIXELS megapixels (default 120)."""
+    text = os.environ.get(MAX_MEGAPIXELS_ENV, "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        megapixels = float(text)
+    except ValueError:
+        megapixels = -1.0
+    if not megapixels > 0 or megapixels == float("inf"):
+        raise InputError(f"{MAX_MEGAPIXELS_ENV}={text!r} is not a positive number of megapixels")
+    return max(1, int(megapixels * 1_000_000))
+
+
+def check_declared_size(path: Path, width: int, height: int, limit: int) -> None:
+    """Refuse, before decoding, a file whose header declares more than `limit` pixels."""
+    if width * height > limit:
+        raise InputError(
+            f"{path} declares {width}x{height} pixels ({width * height / 1e6:.1f} MP), over the limit of "
+            f"{limit / 1e6:g} MP on decoding; if the file is trusted, raise it with {MAX_MEGAPIXELS_ENV}="
+            f"{_suggested_megapixels(width * height)}"
+        )
+
+
+def _suggested_megapixels(pixels: int) -> int:
+    return int(-(-pixels // 1_000_000)) + 1
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _open_header(path: Path, limit: int) -> Iterator[Image.Image]:
+    """Image.open (which reads the header only) and srkit's size check, before any decoding.
+
+    Pillow's own bomb check warns on stderr (DecompressionBombWarning) above 89 MP and raises above 179 MP;
+    srkit's limit replaces it: the warning is silenced, and where the limit is above Pillow's threshold the
+    check is lifted for this one call."""
+    pillow_max = Image.MAX_IMAGE_PIXELS
+    try:
+        img = _pillow_open(path, lift_pillow_check=pillow_max is not None and limit > 2 * pillow_max)
+    except Image.DecompressionBombError:
+        img = _pillow_open(path, lift_pillow_check=True)  # the header only, to refuse in srkit's words below
+    with img:
+        check_declared_size(path, img.width, img.height, limit)
+        yield img
+
+
+def _pillow_open(path: Path, *, lift_pillow_check: bool) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if not lift_pillow_check:
+            return Image.open(path)
+        with _PILLOW_LIMIT_LOCK:  # Pillow's threshold is a module global
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+
+
+@dataclass(frozen=True)
+class _TiffHeader:
+    width: int
+    height: int
+    samples: int
+    bits: int
+    is_float: bool
+    orientation: int
+    icc_profile: bytes | None
+
+
+def _tiff_header(path: Path) -> _TiffHeader | None:
+    """The first IFD's tags, read without decoding pixels; None when the file is not a (classic) TIFF."""
+    with open(path, "rb") as fp:
+        prefix = fp.read(8)
+        if prefix[:4] not in (b"II*\x00", b"MM\x00*"):
+            return None
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix)
+        fp.seek(ifd.next)
+        ifd.load(fp)
+
+    def first(tag: int, default: int) -> int:
+        value = ifd.get(tag, default)
+        return int(value[0] if isinstance(value, tuple) and value else value)
+
+    icc = ifd.get(34675)
+    return _TiffHeader(
+        width=first(256, 0), height=first(257, 0), samples=first(277, 1), bits=first(258, 1),
+        is_float=first(339, 1) == 3, orientation=first(ORIENTATION_TAG, 1),
+        icc_profile=bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None,
+    )
+
+
+def _float_tiff_needing_opencv(path: Path, limit: int) -> ImageFile | None:
+    """Float TIFFs Pillow cannot read (colour, or 64-bit samples) via OpenCV, as float32 in 0-1.
+
+    Gray 32-bit float stays with Pillow (mode F); everything else returns None and takes the usual route."""
+    header = _tiff_header(path)
+    if header is None or not header.is_float or (header.samples == 1 and header.bits == 32):
+        return None
+    check_declared_size(path, header.width, header.height, limit)
+    if header.bits not in (32, 64):
+        raise InputError(
+            f"cannot read image {path}: {header.bits}-bit float samples are not supported; save it as 32-bit float"
+        )
+    from srkit._optional import require
+
+    cv2 = require("cv2", extra="images", purpose="float colour TIFF images")
+    arr = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise InputError(f"cannot read image {path}: OpenCV could not decode it (truncated or corrupt?)")
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = arr[..., ::-1]
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., [2, 1, 0, 3]]
+    elif arr.ndim == 3:
+        raise InputError(f"cannot read image {path}: {arr.shape[2]} float channels (expected 1, 3 or 4)")
+    pixels = unit_float(_orient(arr, header.orientation), path)
+    return ImageFile(pixels, header.icc_profile, "TIFF")
+
+
+def unit_float(pixels: np.ndarray, where: str | Path) -> np.ndarray:
+    """Float samples -> contiguous float32 in 0-1, or a one-line InputError.
+
+    srkit's float convention is 0-1. NaN/inf are refused; values beyond 0-1 by less than one 8-bit step are
+    clipped as rounding noise; anything further out (0-255 or 0-65535 data, HDR) is refused rather than clipped
+    or rescaled by a guess, since either would silently change the picture."""
+    from srkit.imaging import check_finite
+
+    check_finite(pixels, str(where))
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < -FLOAT_TOLERANCE or high > 1.0 + FLOAT_TOLERANCE:
+        hint = "divide by 255 first" if high <= 255.0 + FLOAT_TOLERANCE and low >= 0 else "map it into 0-1 first"
+        raise InputError(
+            f"{where}: float pixel values span {low:g} to {high:g}; srkit reads float images as 0-1 ({hint})"
+        )
+    out = pixels.astype(np.float32, copy=False)
+    if low < 0.0 or high > 1.0:
+        out = np.clip(out, 0.0, 1.0)
+    return np.ascontiguousarray(out)
 
 
 def _first_line(exc: Exception) -> str:
@@ -128,6 +296,8 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 def _to_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
+    if mode == "F":  # 32-bit float (gray TIFF): checked against 0-1 by the caller
+        return np.asarray(img, dtype=np.float32)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img)
         return np.clip(arr, 0, 65535).astype(np.uint16)
@@ -155,6 +325,11 @@ def write_image(
     if not 1 <= quality <= 100:
         raise InputError(f"quality must be 1-100, not {quality}")
     image = _normalise_for(image, suffix)
+    if image.dtype == np.float32 and image.ndim == 3:
+        data = _encode_float_colour_tiff(image)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        return path
     if image.dtype == np.uint16 and image.ndim == 3:
         data = _encode_16bit_colour(image, suffix, icc_profile)
         with atomic_path(path) as tmp:
@@ -175,9 +350,12 @@ def write_image(
 
 
 def _normalise_for(image: np.ndarray, suffix: str) -> np.ndarray:
-    """The array the target format can hold: 8 bits where it has no 16, no alpha in JPEG, HxW for gray."""
+    """The array the target format can hold: float32 only in TIFF, 8 bits where it has no 16, no alpha in JPEG,
+    HxW for gray. Float input must be finite and in 0-1 (`unit_float`)."""
     if image.dtype == np.float32:
-        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+        image = unit_float(image, "image to write")
+        if suffix not in FLOAT_SUFFIXES:
+            image = np.rint(image * np.float32(255.0)).astype(np.uint8)
     elif image.dtype == np.uint16 and suffix not in SIXTEEN_BIT_SUFFIXES:
         image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif image.dtype not in (np.uint8, np.uint16):
@@ -201,6 +379,18 @@ def _encode_16bit_colour(image: np.ndarray, suffix: str, icc_profile: bytes | No
     if icc_profile and suffix == ".png":
         data = _png_with_icc(data, icc_profile)
     return data
+
+
+def _encode_float_colour_tiff(image: np.ndarray) -> bytes:
+    """HxWx3/4 float32 as a 32-bit float TIFF (Pillow has no float colour mode; gray goes through Pillow's F)."""
+    from srkit._optional import require
+
+    cv2 = require("cv2", extra="images", purpose="writing float colour TIFF images")
+    bgr = image[..., ::-1] if image.shape[2] == 3 else image[..., [2, 1, 0, 3]]
+    ok, buffer = cv2.imencode(".tiff", np.ascontiguousarray(bgr))
+    if not ok:
+        raise InputError(f"OpenCV could not encode a {image.shape} float32 image as TIFF")
+    return bytes(buffer.tobytes())
 
 
 def _png_with_icc(png: bytes, icc_profile: bytes) -> bytes:

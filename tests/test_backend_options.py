@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from srkit import quality
 from srkit._optional import is_available
 from srkit.cli.main import run
 from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import Color, ModelInfo, Precision
 from srkit.runtime import Upscaler
 from srkit.runtime import precision as auto
-from srkit.runtime.ort import provider_options
+from srkit.runtime.ort import OrtOptions, provider_options
 from srkit.runtime.precision import Trial, candidates, choose
 
 
@@ -36,23 +37,31 @@ def _info(precision: Precision = Precision.FP32, **kw: object) -> ModelInfo:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return auto.psnr_db(a, b)
+    return quality.parity(a, b, clip=True)[0]
+
+
+# ---- typed options ------------------------------------------------------------------------------------
+def test_a_misspelt_backend_option_is_an_error_naming_the_real_ones(espcn_x3_onnx: Path) -> None:
+    with pytest.raises(InputError, match=r"no option performance_hnt \(its options: cache_dir, performance_hint\)"):
+        Upscaler(espcn_x3_onnx, backend="openvino", performance_hnt="throughput")
+    with pytest.raises(InputError, match="backend ort has no option checkpoint"):
+        Upscaler(espcn_x3_onnx, backend="ort", checkpoint="weights.pth")  # only PyTorch takes weights
 
 
 # ---- ONNX Runtime execution providers ---------------------------------------------------------------
 def test_cuda_provider_uses_heuristic_algo_search() -> None:
-    assert provider_options("cuda", _info(), {}) == {"cudnn_conv_algo_search": "HEURISTIC"}
-    assert provider_options("cpu", _info(), {}) == {}
+    assert provider_options("cuda", _info()) == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert provider_options("cpu", _info()) == {}
 
 
 def test_tensorrt_provider_options(tmp_path: Path) -> None:
-    fp16 = provider_options("tensorrt", _info(Precision.FP16), {"cache_dir": tmp_path, "tile_shape": 128})
+    fp16 = provider_options("tensorrt", _info(Precision.FP16), OrtOptions(cache_dir=tmp_path), tile_shape=128)
     assert fp16["trt_fp16_enable"] is True
     assert fp16["trt_engine_cache_enable"] is True and fp16["trt_timing_cache_enable"] is True
     assert Path(fp16["trt_engine_cache_path"]).parent == tmp_path
     assert fp16["trt_profile_max_shapes"] == "input:1x1x128x128"
     assert fp16["trt_profile_min_shapes"] == "input:1x1x1x1"
-    fp32 = provider_options("tensorrt", _info(static_shape=(90, 160)), {"cache_dir": tmp_path})
+    fp32 = provider_options("tensorrt", _info(static_shape=(90, 160)), OrtOptions(cache_dir=tmp_path))
     assert fp32["trt_fp16_enable"] is False  # an fp32 model keeps fp32 numbers
     assert fp32["trt_profile_min_shapes"] == fp32["trt_profile_max_shapes"] == "input:1x1x90x160"
 
@@ -141,7 +150,7 @@ def test_torch_bf16_on_cpu_stays_close_to_fp32(espcn_x3_onnx: Path, sample_rgb: 
         assert bf16.describe()["precision"] == "bf16"
         a, b = fp32.upscale(crop), bf16.upscale(crop)
     assert a.shape == b.shape == (180, 240, 3)
-    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= 40
+    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= quality.FLOAT_GATE_DB
 
 
 @torch_only
@@ -165,7 +174,7 @@ def test_torch_cuda_half_precisions_channels_last(
         weight = next(gpu.backend.module.parameters())  # type: ignore[attr-defined]
         assert weight.dim() != 4 or weight.is_contiguous(memory_format=__import__("torch").channels_last)
         a, b = ref.upscale(sample_rgb), gpu.upscale(sample_rgb)
-    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= 40
+    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= quality.FLOAT_GATE_DB
 
 
 # ---- precision auto: the pure decision ----------------------------------------------------------------
@@ -230,7 +239,7 @@ def test_openvino_auto_precision_measures_and_caches(espcn_x3_onnx: Path) -> Non
     assert (Precision.BF16 in tried) == ("BF16" in caps)
     assert all(t.error is None and t.finite and t.seconds > 0 for t in choice.trials)
     chosen = next(t for t in choice.trials if t.precision == choice.chosen)
-    assert chosen.parity_db >= auto.PARITY_GATE_DB
+    assert chosen.parity_db >= quality.FLOAT_GATE_DB
     assert described["precision"] == choice.chosen.value  # what ran is what was chosen
     assert described["precision_choice"]["chosen"] == choice.chosen.value
     with Upscaler(espcn_x3_onnx, backend="openvino", precision="auto") as again:  # no second measurement
@@ -260,7 +269,8 @@ def test_measured_bf16_parity_on_real_crops(espcn_x3_onnx: Path) -> None:
         inputs,
     )
     assert trials[0].parity_db == float("inf")
-    assert 40 <= trials[1].parity_db < float("inf")  # bf16 really ran (not fp32) and stayed within the gate
+    # bf16 really ran (not fp32) and stayed within the gate
+    assert quality.FLOAT_GATE_DB <= trials[1].parity_db < float("inf")
 
 
 def test_ort_auto_precision_is_the_model_precision(espcn_x3_onnx: Path) -> None:

@@ -13,6 +13,7 @@ from srkit import imaging
 from srkit._optional import require
 from srkit.data import held_out_images
 from srkit.errors import ParityError
+from srkit.quality import FP32_EXPORT_MAX_ABS, Gate, psnr_from_mse
 
 # (batch, height, width) before rounding to the model's size multiple: non-square, odd, unrelated
 DEFAULT_SHAPES = ((1, 37, 53), (2, 48, 31), (1, 71, 90))
@@ -69,7 +70,7 @@ def run_gate(
     channels: int,
     size_multiple: int,
     static: tuple[int, int] | None,
-    max_abs: float | None = 1e-4,
+    max_abs: float | None = FP32_EXPORT_MAX_ABS,
     min_psnr: float | None = None,
 ) -> ParityReport:
     """Compare ORT (CPU EP) with the torch module; raise ParityError with the numbers if the gate fails."""
@@ -79,11 +80,8 @@ def run_gate(
     name = session.get_inputs()[0].name
     # an fp16-I/O model (export --fp16-io) takes float16; the reference still sees the fp32 crop
     feed = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    gate = " and ".join(
-        g for g in (f"max_abs<={max_abs:g}" if max_abs is not None else "",
-                    f"psnr>={min_psnr:g}dB" if min_psnr is not None else "") if g
-    )
-    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=gate)
+    gate = Gate(min_psnr_db=min_psnr, max_abs=max_abs)
+    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=str(gate))
     worst_mse = 0.0
     for i, shape in enumerate(gate_shapes(size_multiple, static)):
         x = real_inputs(shape, channels, seed=i)
@@ -97,12 +95,8 @@ def run_gate(
         diff = np.abs(out.astype(np.float64) - ref)
         report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
         worst_mse = max(worst_mse, float(np.nanmean(diff**2)))
-    report.psnr_db = math.inf if worst_mse == 0 else 10 * math.log10(1.0 / worst_mse)
-    report.passed = (
-        report.nonfinite == 0
-        and (max_abs is None or report.max_abs <= max_abs)
-        and (min_psnr is None or report.psnr_db >= min_psnr)
-    )
+    report.psnr_db = psnr_from_mse(worst_mse)
+    report.passed = gate.passes(report.psnr_db, report.max_abs, report.nonfinite)
     if not report.passed:
         raise ParityError(
             f"parity gate failed ({gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "

@@ -302,10 +302,20 @@ def parse_errors(parser: Any) -> str:
 
 
 # ---- the backend ------------------------------------------------------------------------------------
+@dataclass
+class TensorRTOptions:
+    cache_dir: str | Path | None = None  # engines, their sidecars and the timing cache
+    trt_max_shape: tuple[int, int] | None = None  # the largest (H, W) the optimisation profile takes
+    trt_opt_shape: tuple[int, int] | None = None  # the (H, W) it is tuned for
+    trt_rebuild: bool = True  # rebuild a stale cached engine (False: refuse it and say why)
+    workspace: int = DEFAULT_WORKSPACE_BYTES  # the builder's workspace memory pool
+
+
 class TensorRTBackend(Backend):
     name = "trt"
     title = "TensorRT"
     module_name = "tensorrt"
+    Options = TensorRTOptions
 
     @classmethod
     def devices(cls) -> list[str]:
@@ -317,16 +327,14 @@ class TensorRTBackend(Backend):
 
         return [f"cuda:{i}" if i else "cuda" for i in range(torch.cuda.device_count())]
 
-    # options (BackendOptions.extra): cache_dir, tile_shape (the Upscaler's tile), trt_max_shape,
-    # trt_opt_shape, trt_rebuild, workspace
     def profile(self) -> ShapeProfile:
-        extra = self.options.extra
-        tile = extra.get("tile_shape")
+        """The optimisation profile: from the Upscaler's tile and the options' shapes."""
+        tile = self.options.tile_shape
         return compute_profile(
             self.info,
             tile=tile if isinstance(tile, int | tuple) else None,
-            max_hw=extra.get("trt_max_shape"),
-            opt_hw=extra.get("trt_opt_shape"),
+            max_hw=self.options.specific.trt_max_shape,
+            opt_hw=self.options.specific.trt_opt_shape,
         )
 
     def _activate(self) -> None:  # pragma: no cover - needs TensorRT and a GPU
@@ -349,7 +357,7 @@ class TensorRTBackend(Backend):
         key = engine_key(
             file_sha256(self.model_path), self.gpu, trt.__version__, self.trt_profile, self.info.precision
         )
-        folder = Path(self.options.extra.get("cache_dir") or default_cache_dir())
+        folder = Path(self.options.specific.cache_dir or default_cache_dir())
         folder.mkdir(parents=True, exist_ok=True)
         paths = cache_paths(folder, self.model_path.stem, key)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -381,7 +389,7 @@ class TensorRTBackend(Backend):
         if not reasons:
             self.engine_source = "cache"
             return data
-        if self.options.extra.get("trt_rebuild", True) is False:
+        if self.options.specific.trt_rebuild is False:
             raise BackendUnavailableError(stale_engine_message(paths.engine, reasons))
         return None
 
@@ -393,7 +401,7 @@ class TensorRTBackend(Backend):
         if not parser.parse_from_file(str(self.model_path)):
             raise InputError(f"TensorRT cannot parse {self.model_path}: {parse_errors(parser)}")
         config = builder.create_builder_config()
-        workspace = int(self.options.extra.get("workspace", DEFAULT_WORKSPACE_BYTES))
+        workspace = int(self.options.specific.workspace)
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
         profile = builder.create_optimization_profile()
         p = key.profile
@@ -419,6 +427,10 @@ class TensorRTBackend(Backend):
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
         self.engine_source = "built"
         return data
+
+    def probe_input(self) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
+        """The scale probe must lie inside the engine's optimization profile: its smallest shape."""
+        return np.full(self.trt_profile.min, 0.5, np.float32)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
         torch = self.torch
