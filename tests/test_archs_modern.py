@@ -298,6 +298,8 @@ def test_export_parity_and_upscale(case: str, tmp_path: Path, photos: dict[str, 
     info = result.info
     assert (info.arch, info.scale, info.size_multiple) == (arch, params["scale"], 1)  # any H/W, no flags
     assert info.receptive_field == spec.receptive_field
+    assert info.extra["tiling"] == ("approximate" if spec.global_context else "exact")  # the runtime warns
+    assert info.extra["fp16_safe"] == ("true" if spec.fp16_safe else "false")
     assert result.parity is not None and result.parity.passed and result.parity.max_abs <= MAX_ABS
     assert len(result.parity.shapes) == 3
     assert "BatchNormalization" not in result.nodes and "Dropout" not in result.nodes

@@ -1,4 +1,5 @@
-"""Small helpers the detectors share: reading hyperparameters from the keys and shapes of a state dict.
+"""Detection helpers of the modern architectures (beside `srkit.models.util`): hyperparameters from the keys
+and shapes of a state dict.
 
 Pure functions of the state dict (no torch import): a detector returns None as soon as a key it needs is
 missing or a shape does not fit, so every registered architecture can look at every file without raising.
@@ -10,12 +11,9 @@ import math
 import re
 from collections.abc import Iterable
 
-from srkit.models.base import StateDict
+from srkit.models.util import StateDict, conv_shape
 
-
-def shape(sd: StateDict, key: str) -> tuple[int, ...] | None:
-    value = sd.get(key)
-    return tuple(value.shape) if value is not None else None
+shape = conv_shape  # any tensor's shape, not only a conv's
 
 
 def has_all(sd: StateDict, keys: Iterable[str]) -> bool:

@@ -32,9 +32,10 @@ from torch import nn
 from srkit.meta import Color
 from srkit.models import _detect
 from srkit.models._layers import rgb_mean, shifted_window_mask
-from srkit.models.base import ArchSpec, Params, StateDict
-from srkit.models.edsr import Upsample
+from srkit.models.base import ArchSpec, Params
+from srkit.models.blocks import Upsample
 from srkit.models.swinir import drop_stored_masks, resi_conv, to_image, to_tokens
+from srkit.models.util import StateDict
 
 
 def is_shifted(rg_idx: int, b_idx: int) -> bool:
@@ -363,6 +364,7 @@ SPEC = ArchSpec(
     build=build,
     detect=detect,
     # global (channel attention, see the module docstring): this is the tile overlap, not a bound
+    feature_width=lambda p: int(p["embed_dim"]),
     receptive_field=64,
     global_context=True,
     fp16_safe=False,  # spandrel, from real files; see docs/architectures.md

@@ -38,9 +38,10 @@ from srkit.models._layers import (
     window_partition,
     window_reverse,
 )
-from srkit.models.base import ArchSpec, Params, StateDict
-from srkit.models.edsr import Upsample
+from srkit.models.base import ArchSpec, Params
+from srkit.models.blocks import Upsample
 from srkit.models.swinir import Mlp, PatchEmbed, to_image, to_tokens
+from srkit.models.util import StateDict
 
 CONV_SCALE = 0.01
 
@@ -296,6 +297,7 @@ SPEC = ArchSpec(
     build=build,
     detect=detect,
     # global (channel attention, see the module docstring): this is the tile overlap, not a bound
+    feature_width=lambda p: int(p["embed_dim"]),
     receptive_field=64,
     global_context=True,
     fp16_safe=False,  # spandrel, from real files; see docs/architectures.md

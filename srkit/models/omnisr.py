@@ -28,7 +28,8 @@ from torch import nn
 from srkit.meta import Color
 from srkit.models import _detect
 from srkit.models._layers import LayerNorm2d, as_tensor, relative_position_index
-from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.base import ArchSpec, Params
+from srkit.models.util import StateDict
 
 HEADS = 4
 MIN_SIZE = 16
@@ -291,6 +292,7 @@ SPEC = ArchSpec(
     build=build,
     detect=detect,
     # global (see the module docstring): this is the tile overlap, not a bound on the context
+    feature_width=lambda p: int(p["num_feat"]),
     receptive_field=64,
     global_context=True,
     fp16_safe=True,  # docs/architectures.md

@@ -28,7 +28,8 @@ from torch import nn
 from srkit.meta import Color
 from srkit.models import _detect
 from srkit.models._layers import LayerNorm2d, as_tensor
-from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.base import ArchSpec, Params
+from srkit.models.util import StateDict
 
 MIXERS = {"CCM": (3, 1), "ICCM": (1, 3), "DCCM": (3, 3)}  # kernel sizes of the mixer's two convs
 
@@ -212,8 +213,11 @@ SPEC = ArchSpec(
     build=build,
     detect=detect,
     # theoretical 282-310 (see the module docstring); 64 bounds the tile overlap, as EDSR's 32 does
+    feature_width=lambda p: int(p["dim"]),
     receptive_field=64,
-    global_context=True,  # RealPLKSR's GroupNorm (the common variant); PLKSR and the LayerNorm variant are local
+    # RealPLKSR's GroupNorm (the common variant) sees the whole image; PLKSR and the LayerNorm variant are
+    # local, but their theoretical field (282-310) is far beyond the 64 used: tiling approximates for all
+    global_context=True,
     fp16_safe=False,  # RealPLKSR with GroupNorm (spandrel, from real files); PLKSR and LayerNorm RealPLKSR are safe
     defaults={"variant": "real", "dim": 64, "n_blocks": 28, "kernel_size": 17, "split_ratio": 0.25,
               "use_ea": True, "lk_type": "PLK", "layer_norm": False, "dysample": False, "norm_groups": 4},

@@ -26,7 +26,8 @@ from torch import nn
 from srkit.meta import Color
 from srkit.models import _detect
 from srkit.models._layers import LayerNorm2d, pad_reflect
-from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.base import ArchSpec, Params
+from srkit.models.util import StateDict
 
 LEVELS = 4
 MULTIPLE = 2 ** (LEVELS - 1)
@@ -121,7 +122,11 @@ SPEC = ArchSpec(
     detect=detect,
     # theoretical 130 (see the module docstring); 64 bounds the tile overlap, and the pooling grid makes
     # tiles approximate anyway
+    feature_width=lambda p: int(p["dim"]),
     receptive_field=64,
+    # local, but the pooling cells are anchored at the image origin: a tile not on that grid pools other
+    # cells, so tiling approximates (which is what this flag tells the runtime)
+    global_context=True,
     fp16_safe=True,  # docs/architectures.md: measured on random weights only
     defaults={"dim": 36, "n_blocks": 8, "ffn_scale": 2.0},
 )

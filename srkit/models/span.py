@@ -26,7 +26,8 @@ from torch import nn
 from srkit.meta import Color
 from srkit.models import _detect
 from srkit.models._layers import DIV2K_RGB_MEAN
-from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.base import ArchSpec, Params
+from srkit.models.util import StateDict
 
 NUM_BLOCKS = 6  # fixed in the architecture: the forward wires block_1 and block_6's inner output by name
 GAIN = 2
@@ -146,6 +147,7 @@ SPEC = ArchSpec(
     scales=(1, 2, 3, 4, 8),
     build=build,
     detect=detect,
+    feature_width=lambda p: int(p["feature_channels"]),
     receptive_field=21,  # see the module docstring
     fp16_safe=True,  # docs/architectures.md: measured finite, peak activation ~130 (input x 255)
     defaults={"in_channels": 3, "feature_channels": 48, "norm": True},

@@ -44,8 +44,9 @@ from srkit.models._layers import (
     window_partition,
     window_reverse,
 )
-from srkit.models.base import ArchSpec, Params, StateDict
-from srkit.models.edsr import Upsample
+from srkit.models.base import ArchSpec, Params
+from srkit.models.blocks import Upsample
+from srkit.models.util import StateDict
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
 
@@ -322,7 +323,11 @@ SPEC = ArchSpec(
     detect=detect,
     # theoretical 262 for SwinIR-M (receptive_field(params)); windows make tiles approximate anyway, and 64
     # (8 windows) bounds the tile overlap
+    feature_width=lambda p: int(p["embed_dim"]),
     receptive_field=64,
+    # local, but the windows are anchored at the image origin: a tile not on that grid partitions
+    # differently, so tiling approximates (which is what this flag tells the runtime)
+    global_context=True,
     fp16_safe=False,  # spandrel, from real files; see docs/architectures.md
     defaults={"in_channels": 3, "embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 8,
               "mlp_ratio": 2.0, "upsampler": "pixelshuffle", "resi_connection": "1conv", "qkv_bias": True,
