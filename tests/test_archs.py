@@ -141,9 +141,12 @@ BUNDLED = {"espcn", "srcnn", "fsrcnn"}
 
 
 def test_every_registered_architecture_is_covered() -> None:
-    """Registering an architecture without a tiny configuration here (or a bundled model) fails this test."""
-    covered = {arch_of(name) for name in TINY} | BUNDLED
-    assert set(registry.names()) <= covered, f"not covered by test_archs: {set(registry.names()) - covered}"
+    """Registering an architecture without a tiny configuration here, a bundled model, or a case in
+    tests/test_archs_modern.py's CASES (the community-database architectures) fails this test."""
+    from test_archs_modern import CASES as MODERN_CASES
+
+    covered = {arch_of(name) for name in TINY} | BUNDLED | {arch for arch, _ in MODERN_CASES.values()}
+    assert set(registry.names()) <= covered, f"not covered by a test case: {set(registry.names()) - covered}"
     assert set(SCALES) == set(TINY)
 
 
@@ -195,3 +198,4 @@ def test_static_shape_respects_the_size_multiple(tmp_path: Path) -> None:
     dims = [d.dim_value for d in onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 12, 18]
     assert result.parity is not None and result.parity.shapes == [[1, 3, 12, 18]]
+
