@@ -114,12 +114,9 @@ def test_detect_export_and_parity(name: str, scale: int, tmp_path: Path) -> None
     info = result.info
     assert (info.arch, info.scale, info.color) == (spec.name, scale, spec.color)
     assert info.size_multiple == spec.size_multiple(params)
-    # the descriptor's facts travel in the metadata: the feature width is the first conv's (the widest one
-    # for the fixed-width networks, whose widths grow inside)
-    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-    widest = {"waifu2x", "realcugan"}
-    expected = max(c.out_channels for c in convs) if name in widest else convs[0].out_channels
-    assert tiling.features_of(info) == expected
+    # the descriptor's facts travel in the metadata: the feature width is the first conv's
+    first_conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert tiling.features_of(info) == first_conv.out_channels
     assert info.extra["tiling"] == ("approximate" if spec.global_context else "exact")
     if name == "rrdbnet":  # Real-ESRGAN x2/x1 pixel-unshuffle by 2/4 first
         assert info.size_multiple == {1: 4, 2: 2, 4: 1}[scale]
