@@ -56,12 +56,19 @@ def zoo(as_json: bool) -> None:
 
 # ---- export ----------------------------------------------------------------------------------------
 def export(source: str, output: str | None, *, arch: str | None, scale: int | None, opset: int,
-           static: tuple[int, int] | None, verify: bool, fp16: bool = False, fp16_io: bool = False) -> None:
+           static: tuple[int, int] | None, verify: bool, fp16: bool = False, fp16_io: bool = False,
+           out_format: str | None = None, ncnn_fp32: bool = False) -> None:
     from srkit.export import ExportOptions, export_model
+    from srkit.export.ncnn import NcnnExportResult
 
-    options = ExportOptions(opset=opset, static=static, verify=verify, fp16=fp16, fp16_io=fp16_io)
+    options = ExportOptions(opset=opset, static=static, verify=verify, fp16=fp16, fp16_io=fp16_io,
+                            format=out_format, ncnn_fp32=ncnn_fp32)
     with progress(None, f"exporting {source}"):
         result = export_model(source, output, arch=arch, scale=scale, options=options)
+    if isinstance(result, NcnnExportResult):  # it says how to feed and use its files
+        for line in result.summary():
+            echo(line)
+        return
     info = result.info
     echo(f"wrote {result.path}  ({info.arch} x{info.scale}, {info.color.value.upper()}, opset {info.opset}, "
          f"{'static ' + 'x'.join(map(str, static)) if static else 'dynamic batch/height/width'})")

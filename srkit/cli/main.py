@@ -13,7 +13,7 @@ from srkit.errors import SrkitError
 from srkit.meta import Precision
 
 PRECISIONS = click.Choice([p.value for p in Precision], case_sensitive=False)
-BACKENDS = ["auto", "ort", "openvino", "trt", "torch"]
+BACKENDS = ["auto", "ort", "openvino", "trt", "torch", "ncnn"]
 
 
 def parse_hw(value: str | None, flag: str) -> tuple[int, int] | None:
@@ -43,7 +43,8 @@ def zoo(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file to write (default: SOURCE stem + .onnx)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="file to write: .onnx, or .param for ncnn (default: SOURCE stem + .onnx)")
 @click.option("--arch", help="architecture, when it cannot be detected (or to confirm it)")
 @click.option("--scale", type=int, help="upscaling factor, when the weights do not say")
 @click.option("--opset", type=int, default=17, show_default=True)
@@ -51,14 +52,18 @@ def zoo(as_json: bool) -> None:
 @click.option("--no-verify", is_flag=True, help="skip the parity gate (not recommended)")
 @click.option("--fp16", is_flag=True, help="fp16 graph, fp32 I/O; nodes that overflow fp16 stay fp32")
 @click.option("--fp16-io", is_flag=True, help="with --fp16: fp16 inputs and outputs too")
+@click.option("--format", "out_format", type=click.Choice(["onnx", "ncnn"], case_sensitive=False),
+              help="onnx, or ncnn (.param + .bin + .json sidecar, via pnnx) [default: from -o's suffix, else onnx]")
+@click.option("--ncnn-fp32", is_flag=True, help="ncnn: store fp32 weights (default fp16, as ncnn's tools do)")
 def export(source: str, output: str | None, arch: str | None, scale: int | None, opset: int,
-           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool) -> None:
-    """Export SOURCE (a bundled name or a checkpoint) to ONNX and verify it against PyTorch."""
+           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool, out_format: str | None,
+           ncnn_fp32: bool) -> None:
+    """Export SOURCE (a bundled name or a checkpoint) to ONNX or ncnn and verify it against PyTorch."""
     from srkit.cli import commands
 
     commands.export(source, output, arch=arch, scale=scale, opset=opset,
                     static=parse_hw(static, "--static"), verify=not no_verify, fp16=fp16 or fp16_io,
-                    fp16_io=fp16_io)
+                    fp16_io=fp16_io, out_format=out_format, ncnn_fp32=ncnn_fp32)
 
 
 @cli.command()

@@ -30,7 +30,9 @@ class ExportOptions:
     simplify: bool = True
     fp16: bool = False  # fp16 graph, overflowing nodes kept fp32 (srkit.export.fp16)
     fp16_io: bool = False  # with fp16: fp16 inputs/outputs instead of fp32
-    min_psnr_fp16: float = 45.0  # the fp16 gate against PyTorch fp32
+    min_psnr_fp16: float = 45.0  # the fp16 gate against PyTorch fp32 (also ncnn's fp16 weights)
+    format: str | None = None  # "onnx" or "ncnn"; None: from the output's suffix (.param -> ncnn)
+    ncnn_fp32: bool = False  # ncnn: fp32 weight storage instead of fp16 (srkit.export.ncnn)
 
 
 @dataclass
@@ -48,6 +50,17 @@ def default_output(source: str) -> Path:
     return Path(Path(source).stem + ".onnx")
 
 
+def output_format(output: str | Path | None, requested: str | None) -> str:
+    """onnx or ncnn: the output's suffix decides; `requested` (--format) must agree with it or stand alone."""
+    by_suffix = {".onnx": "onnx", ".param": "ncnn"}.get(Path(output).suffix.lower()) if output else None
+    wanted = requested.lower() if requested else None
+    if wanted not in (None, "onnx", "ncnn"):
+        raise InputError(f"--format must be onnx or ncnn, not {requested!r}")
+    if by_suffix and wanted and by_suffix != wanted:
+        raise InputError(f"--format {wanted} does not match the output {output} (.onnx: onnx, .param: ncnn)")
+    return by_suffix or wanted or "onnx"
+
+
 def export_model(
     source: str,
     output: str | Path | None = None,
@@ -57,6 +70,10 @@ def export_model(
     options: ExportOptions | None = None,
 ) -> ExportResult:
     options = options or ExportOptions()
+    if output_format(output, options.format) == "ncnn":
+        from srkit.export.ncnn import export_ncnn
+
+        return export_ncnn(source, output, arch=arch, scale=scale, options=options)
     if not MIN_OPSET <= options.opset <= 23:
         raise InputError(f"--opset {options.opset} is outside the supported range {MIN_OPSET}-23")
     if options.fp16_io and not options.fp16:

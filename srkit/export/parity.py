@@ -1,4 +1,4 @@
-"""The parity gate: ONNX Runtime against PyTorch fp32 on real image content at unrelated shapes."""
+"""The parity gates: ONNX Runtime (and ncnn) against PyTorch fp32 on real image content at unrelated shapes."""
 
 from __future__ import annotations
 
@@ -79,11 +79,7 @@ def run_gate(
     name = session.get_inputs()[0].name
     # an fp16-I/O model (export --fp16-io) takes float16; the reference still sees the fp32 crop
     feed = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    gate = " and ".join(
-        g for g in (f"max_abs<={max_abs:g}" if max_abs is not None else "",
-                    f"psnr>={min_psnr:g}dB" if min_psnr is not None else "") if g
-    )
-    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=gate)
+    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=_gate_text(max_abs, min_psnr))
     worst_mse = 0.0
     for i, shape in enumerate(gate_shapes(size_multiple, static)):
         x = real_inputs(shape, channels, seed=i)
@@ -92,11 +88,29 @@ def run_gate(
         out = np.asarray(session.run(None, {name: x.astype(feed)})[0], dtype=np.float32)
         if out.shape != ref.shape:
             raise ParityError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
-        report.shapes.append(list(x.shape))
-        report.nonfinite += int((~np.isfinite(out)).sum())
-        diff = np.abs(out.astype(np.float64) - ref)
-        report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
-        worst_mse = max(worst_mse, float(np.nanmean(diff**2)))
+        worst_mse = max(worst_mse, _accumulate(report, x, out, ref))
+    return _conclude(report, worst_mse, max_abs=max_abs, min_psnr=min_psnr)
+
+
+def _gate_text(max_abs: float | None, min_psnr: float | None) -> str:
+    return " and ".join(
+        g for g in (f"max_abs<={max_abs:g}" if max_abs is not None else "",
+                    f"psnr>={min_psnr:g}dB" if min_psnr is not None else "") if g
+    )
+
+
+def _accumulate(report: ParityReport, x: np.ndarray, out: np.ndarray, ref: np.ndarray) -> float:
+    """Add one shape's numbers to the report; returns its mean squared error."""
+    report.shapes.append(list(x.shape))
+    report.nonfinite += int((~np.isfinite(out)).sum())
+    diff = np.abs(out.astype(np.float64) - ref)
+    report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
+    return float(np.nanmean(diff**2))
+
+
+def _conclude(
+    report: ParityReport, worst_mse: float, *, max_abs: float | None, min_psnr: float | None
+) -> ParityReport:
     report.psnr_db = math.inf if worst_mse == 0 else 10 * math.log10(1.0 / worst_mse)
     report.passed = (
         report.nonfinite == 0
@@ -105,7 +119,61 @@ def run_gate(
     )
     if not report.passed:
         raise ParityError(
-            f"parity gate failed ({gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
+            f"parity gate failed ({report.gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
             f"{report.nonfinite} non-finite values, shapes {report.shapes}"
         )
     return report
+
+
+def run_ncnn_gate(
+    param_path: Path,
+    bin_path: Path,
+    torch_module: Any,
+    *,
+    channels: int,
+    size_multiple: int,
+    static: tuple[int, int] | None,
+    input_blob: str,
+    output_blob: str,
+    max_abs: float | None = 1e-4,
+    min_psnr: float | None = None,
+) -> ParityReport:
+    """The `ncnn` package on the CPU, in fp32 arithmetic, against the torch module (one image per extractor:
+    ncnn has no batch axis); raise ParityError with the numbers if the gate fails."""
+    ncnn = require("ncnn", extra="ncnn")
+    torch = require("torch")
+    net = ncnn.Net()
+    # fp32 arithmetic: the gate measures the file (its fp16 or fp32 weights), not a reduced-precision run
+    for option in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
+                   "use_bf16_packed", "use_vulkan_compute"):
+        if hasattr(net.opt, option):
+            setattr(net.opt, option, False)
+    if net.load_param(str(param_path)) != 0 or net.load_model(str(bin_path)) != 0:
+        raise ParityError(f"ncnn could not load the exported {param_path.name} / {bin_path.name}")
+    report = ParityReport(backend=f"ncnn {ncnn.__version__} CPU fp32", gate=_gate_text(max_abs, min_psnr))
+    worst_mse = 0.0
+    try:
+        for i, shape in enumerate(gate_shapes(size_multiple, static)):
+            x = real_inputs(shape, channels, seed=i)
+            with torch.no_grad():
+                ref = torch_module(torch.from_numpy(x)).numpy()
+            out = np.stack([ncnn_forward(net, item, input_blob, output_blob) for item in x])
+            if out.shape != ref.shape:
+                raise ParityError(f"ncnn output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
+            worst_mse = max(worst_mse, _accumulate(report, x, out, ref))
+    finally:
+        net.clear()
+    return _conclude(report, worst_mse, max_abs=max_abs, min_psnr=min_psnr)
+
+
+def ncnn_forward(net: Any, chw: np.ndarray, input_blob: str, output_blob: str) -> np.ndarray:
+    """One C x H x W image through an ncnn net, on a fresh extractor; the result is a copy, so nothing from the
+    net's allocator outlives this call (ncnn aborts when a net is freed while one of its Mats is alive)."""
+    ncnn = require("ncnn", extra="ncnn")
+    data = np.ascontiguousarray(chw, dtype=np.float32)  # ncnn.Mat borrows this memory: alive until extract
+    extractor = net.create_extractor()
+    extractor.input(input_blob, ncnn.Mat(data))
+    status, mat = extractor.extract(output_blob)
+    if status != 0:
+        raise ParityError(f"ncnn could not compute blob {output_blob!r} (status {status})")
+    return np.array(mat, dtype=np.float32, copy=True)
