@@ -184,7 +184,8 @@ def _follow(layer: NcnnLayer, sources: list[_Blob], where: str) -> tuple[_Blob, 
         return _Blob(None), None
     factors = {s.factor for s in spatial}
     if len(factors) != 1:
-        raise UnsupportedModelError(f"{where}: layer {layer.name} joins blobs of different sizes {sorted(str(f) for f in factors)}")
+        sizes = sorted(str(f) for f in factors)
+        raise UnsupportedModelError(f"{where}: layer {layer.name} joins blobs of different sizes {sizes}")
     factor = spatial[0].factor
     assert factor is not None
     rf = max(s.rf for s in spatial)

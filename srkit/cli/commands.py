@@ -299,7 +299,7 @@ def _common_root(jobs: list[tuple[Path, Path]]) -> Path:
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, threads: int | None,
           min_time: float, json_out: str | None, md_out: str | None, *, plot_out: str | None = None,
           int8_model: str | None = None, checkpoint: str | None = None, quality: bool = True,
-          targets: Targets | None = None) -> None:
+          targets: Targets | None = None, ncnn_model: str | None = None) -> None:
     from srkit._fs import check_writable
     from srkit.bench.report import check_targets, render_markdown, render_summary
     from srkit.bench.runner import BenchConfig, plan_variants, resolve_backends, run_bench, size_for_output
@@ -318,7 +318,8 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
                          input_size=size_for_output(info, size), dataset=Path(dataset) if dataset else None,
                          threads=threads, min_time_s=min_time, peak_min_time_s=min(0.5, min_time),
                          int8_model=Path(int8_model) if int8_model else None,
-                         checkpoint=Path(checkpoint) if checkpoint else None, quality=quality)
+                         checkpoint=Path(checkpoint) if checkpoint else None, quality=quality,
+                         ncnn_model=Path(ncnn_model) if ncnn_model else None)
     steps = len(plan_variants(config, info)) + 1  # + the PyTorch reference
     with progress(steps, "benchmarking") as advance:
         report = run_bench(config, progress=lambda name: advance(description=f"benchmarking {name}"))

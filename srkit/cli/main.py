@@ -113,7 +113,7 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
 
 @cli.command()
 @click.option("-m", "--model", required=True, help="exported .onnx or a bundled name")
-@click.option("--backend", default="all", show_default=True, help="ort, openvino, trt, torch or all")
+@click.option("--backend", default="all", show_default=True, help="ort, openvino, trt, torch, ncnn or all")
 @click.option("--precision", type=click.Choice([p.value for p in Precision] + ["all"], case_sensitive=False),
               default="all", show_default=True, help="all: every precision each backend can run the model at")
 @click.option("--size", default="1080p", show_default=True, help="720p/1080p/4k (output) or WxH (input)")
@@ -124,6 +124,9 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True),
               help="PyTorch weights MODEL was exported from, for the torch rows and parity "
               "(bundled models need none)")
+@click.option("--ncnn-model", type=click.Path(dir_okay=False),
+              help="ncnn export of MODEL's network for the ncnn rows (default: MODEL-stem.param or "
+              "MODEL-stem-xN.param beside it, if present)")
 @click.option("--no-quality", is_flag=True, help="skip PSNR-Y/SSIM-Y on the dataset (speed and parity only)")
 @click.option("--threads", type=int)
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds of timed calls per figure")
@@ -139,7 +142,7 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
 @click.option("--target-peak", type=click.FloatRange(0, 100, min_open=True),
               help="judge every fp32 ONNX Runtime / OpenVINO result's % of its measured peak against this")
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, int8_model: str | None,
-          checkpoint: str | None, no_quality: bool, threads: int | None, min_time: float,
+          checkpoint: str | None, ncnn_model: str | None, no_quality: bool, threads: int | None, min_time: float,
           json_out: str | None, md_out: str | None, plot_out: str | None, target_fps: float | None,
           target_e2e_fps: float | None, target_speedup: float | None, target_peak: float | None) -> None:
     """Measure speed, memory and quality of a model per backend and precision.
@@ -151,7 +154,7 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
     targets = Targets(fps=target_fps, e2e_fps=target_e2e_fps, speedup=target_speedup, pct_of_peak=target_peak)
     commands.bench(model, backend, precision, size, dataset, threads, min_time, json_out, md_out,
                    plot_out=plot_out, int8_model=int8_model, checkpoint=checkpoint, quality=not no_quality,
-                   targets=targets)
+                   targets=targets, ncnn_model=ncnn_model)
 
 
 @cli.command()

@@ -81,6 +81,9 @@ class NcnnBackend(Backend):
         return wanted
 
     def _activate(self) -> None:
+        if self.model_path.suffix.lower() != ".param":
+            raise InputError(f"the ncnn backend runs ncnn models (.param + .bin); {self.model_path.name} is not one: "
+                             "export one with `srkit export SOURCE -o model.param`")
         ncnn = require("ncnn", extra="ncnn")
         precision = self._precision()
         gpu = self._gpu_index()
