@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from srkit._fs import sha256_file
 from srkit.errors import InputError, UnsupportedModelError
 from srkit.meta import Color, ModelInfo, Precision
 
@@ -120,7 +121,10 @@ def read_ncnn_info(param: str | Path) -> ModelInfo:
         if not isinstance(props, dict):
             raise InputError(f"{sidecar} is not a srkit sidecar (a JSON object of srkit.* keys)")
         return ModelInfo.from_props({str(k): str(v) for k, v in props.items()}, where=str(sidecar))
-    return graph_info(read_layers(param), str(param))
+    info = graph_info(read_layers(param), str(param))
+    # the identity srkit gives an ONNX model imported from these files (srkit.models.ncnn), so the bench can pair them
+    info.source_sha256 = sha256_file(param.with_suffix(".bin"))
+    return info
 
 
 # ---- reading a graph without a sidecar -----------------------------------------------------------------------
@@ -169,6 +173,7 @@ def graph_info(layers: list[NcnnLayer], where: str) -> ModelInfo:
         color=Color.RGB,
         size_multiple=multiple,
         precision=Precision.FP32,
+        opset=0,  # not an ONNX model
         source=str(Path(where).resolve()),
         receptive_field=min(MAX_RECEPTIVE_FIELD, max(1, math.ceil(result.rf))),
         extra={"ncnn_input": input_blob, "ncnn_output": output_blob, "format": "ncnn"},

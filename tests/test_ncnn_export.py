@@ -307,6 +307,9 @@ def test_realesrgan_files_are_read_from_the_graph(realesrgan_dir: Path) -> None:
     assert read_ncnn_info(realesrgan_dir / "REALESRGAN_ANIMAVIDEOV3_UP2X.param").scale == 2  # x4 then a /2 resize
     x4plus = read_ncnn_info(realesrgan_dir / "REALESRGAN_X4PLUS_UP4X.param")
     assert (x4plus.scale, x4plus.receptive_field) == (4, 32)
+    from srkit._fs import sha256_file
+
+    assert info.source_sha256 == sha256_file(realesrgan_dir / f"{COMPACT}.bin")  # as an ONNX import records it
 
 
 def test_shrinking_graphs_are_refused() -> None:
@@ -328,8 +331,13 @@ def test_one_channel_graph_without_sidecar_is_refused(espcn_param: Path, tmp_pat
 def test_realesrgan_compact_runs_on_the_ncnn_backend_and_matches_ort(
     realesrgan_dir: Path, tmp_path: Path, photos: dict[str, np.ndarray]
 ) -> None:
+    from srkit.bench.runner import BenchConfig, plan_variants
+
     param = realesrgan_dir / f"{COMPACT}.param"
     onnx_path = export_model(str(param), tmp_path / "compact.onnx", options=ExportOptions(verify=False)).path
+    # the bench pairs the ONNX import with the original ncnn file (same .bin): the peer row of issue 18
+    config = BenchConfig(model=onnx_path, backends=["ncnn"], ncnn_model=param)
+    assert [v.model for v in plan_variants(config, read_model_info(onnx_path))] == [param]
     x = model_input(photos["chelsea"], 3, 32, 40)
     with backend(param, threads=2) as b:
         ours = b.infer(x)
