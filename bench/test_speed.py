@@ -17,7 +17,8 @@ from _suite import CASES, Case, prepare, reference, rounds
 
 from srkit.bench import metrics
 from srkit.bench.roofline import count_flops
-from srkit.bench.runner import PARITY_GATE_DB, benchmark_input, cpu_capabilities
+from srkit.bench.runner import benchmark_input, cpu_capabilities
+from srkit.quality import FLOAT_GATE_DB, INT8_GATE_DB
 from srkit.runtime import Upscaler
 
 ROWS = [
@@ -32,7 +33,7 @@ ROWS = [
 
 
 def gate_db(case: Case, precision: str) -> float:
-    return PARITY_GATE_DB["int8"] if case.gan or precision == "int8" else PARITY_GATE_DB["float"]
+    return INT8_GATE_DB if case.gan or precision == "int8" else FLOAT_GATE_DB
 
 
 @pytest.mark.parametrize(("backend", "precision"), ROWS, ids=[f"{b}-{p}" for b, p in ROWS])

@@ -1,7 +1,7 @@
 """Peak resident memory of upscaling one large photo, tiled or not (run each case in its own process).
 
     python scripts/measure_tiled_memory.py --size 4000x3000 --tile 512
-    python scripts/measure_tiled_memory.py --size 4000x3000 --tile 0      # untiled, for comparison
+    python scripts/measure_tiled_memory.py --size 4000x3000 --tile 0      # the default path (no --tile)
     python scripts/measure_tiled_memory.py --model x4plus.onnx --backend openvino --precision bf16 --tile auto
 
 The input is a real CC0 photo (srkit.data) resized to the size asked for; the model is the bundled
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported .onnx (default: export the bundled espcn-x3)")
     parser.add_argument("--size", default="4000x3000", help="WxH of the low-resolution input")
-    parser.add_argument("--tile", default="512", help="tile size, 'auto', or 0 for untiled")
+    parser.add_argument("--tile", default="512", help="tile size, 'auto', or 0: the default path")
     parser.add_argument("--backend", default="ort")
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 (OpenVINO on a bf16 CPU: half the time)")
     args = parser.parse_args()

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from srkit import __version__, imaging
+from srkit.bench import baselines
 from srkit.bench.metrics import psnr_y
 from srkit.data import HELD_OUT, held_out_images
 from srkit.models import registry
@@ -192,7 +193,17 @@ def evaluate(model: torch.nn.Module, scale: int) -> dict:
         }
     model.train()
     mean = {k: round(float(np.mean([v[k] for v in per_image.values()])), 3) for k in ("psnr_y", "bicubic_psnr_y")}
-    return {**mean, "gain_db": round(mean["psnr_y"] - mean["bicubic_psnr_y"], 3), "images": per_image}
+    return {**mean, "gain_db": round(mean["psnr_y"] - mean["bicubic_psnr_y"], 3),
+            "baselines_psnr_y": held_out_baselines(scale), "images": per_image}
+
+
+def held_out_baselines(scale: int) -> dict[str, float]:
+    """The classical upscalers (nearest, bilinear, bicubic, Lanczos) on the same held-out pairs."""
+    pairs = []
+    for photo in held_out_images().values():
+        hr = imaging.crop_to_multiple(photo, scale)
+        pairs.append((imaging.downscale_uint8(hr, scale), hr))
+    return baselines.baseline_psnr_y(pairs, scale)
 
 
 def make_schedule(opt: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:

@@ -39,6 +39,7 @@ class ImageFile:
     pixels: np.ndarray  # HxW, HxWx3 or HxWx4; uint8 or uint16
     icc_profile: bytes | None = None
     format: str = ""  # Pillow's name of the format read, e.g. "PNG"
+    frames: int = 1  # animated PNG/GIF/WebP and multi-page TIFF hold more; `pixels` is the first one
 
 
 def is_image_path(path: Path) -> bool:
@@ -62,6 +63,7 @@ def load_image(path: str | Path) -> ImageFile:
                 raise InputError(f"{path} is {img.width}x{img.height}: too large to decode")
             icc = img.info.get("icc_profile") or None
             fmt = img.format or ""
+            frames = int(getattr(img, "n_frames", 1) or 1)
             if _is_16bit_colour(img):
                 orientation = int(img.getexif().get(ORIENTATION_TAG, 1) or 1)
                 pixels = _orient(_read_16bit_colour(path), orientation)
@@ -74,7 +76,7 @@ def load_image(path: str | Path) -> ImageFile:
         raise InputError(f"cannot read image {path}: {exc}") from None
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, zlib.error... for bad data
         raise InputError(f"cannot read image {path}: {_first_line(exc)}") from None
-    return ImageFile(pixels, icc, fmt)
+    return ImageFile(pixels, icc, fmt, frames)
 
 
 def _first_line(exc: Exception) -> str:

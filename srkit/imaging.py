@@ -6,6 +6,7 @@ runtime can use it on a device without torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ from numpy.typing import DTypeLike
 from PIL import Image
 
 from srkit.errors import InputError
+from srkit.meta import Color
 
 # ITU-R BT.601 for 8-bit video range, as MATLAB's rgb2ycbcr (the SR papers' convention). Values in 0-1.
 _RGB2YCBCR = np.array(
@@ -208,3 +210,29 @@ def _box3(a: np.ndarray) -> np.ndarray:
     p = np.pad(a, [(1, 1), (1, 1)] + [(0, 0)] * (a.ndim - 2))
     rows = p[:-2] + p[1:-1] + p[2:]
     return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+
+
+def upscale_colour(
+    colour: np.ndarray, *, scale: int, color: Color, in_channels: int,
+    run_planes: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The host colour pipeline: NxHxWx1 or NxHxWx3 float in 0-1 -> Nx(sH)x(sW)x(same C) float.
+
+    `run_planes` runs the model on NxHxWxC float32 planes (C = the model's input channels) and returns them
+    scaled. Y-channel models see BT.601 luma and the chroma is upscaled with Pillow's bicubic; a gray image
+    through a Y model is an affine map of its luma; a gray image through an RGB model is fed as three equal
+    planes and the mean taken. srkit.pipeline builds the same steps as an ONNX graph.
+    """
+    _, h, w, channels = colour.shape
+    if color == Color.Y:
+        if channels == 1:
+            return y_to_gray(run_planes(gray_to_y(colour)))
+        ycc = rgb_to_ycbcr(colour)
+        y = run_planes(ycc[..., :1])[..., 0]
+        cb, cr = (np.stack([resize_bicubic(plane, h * scale, w * scale) for plane in ycc[..., c]]) for c in (1, 2))
+        return ycbcr_planes_to_rgb(y, cb, cr)
+    if in_channels == 3:
+        if channels == 1:
+            return run_planes(np.repeat(colour, 3, axis=3)).mean(axis=3, keepdims=True)
+        return run_planes(colour)
+    raise InputError(f"cannot feed a {channels}-channel image to a {in_channels}-channel model")

@@ -16,20 +16,34 @@ from srkit.errors import InputError, UnsupportedModelError
 PREFIX = "srkit."
 
 
-# Architectures usually GAN-trained (Real-ESRGAN): their ground-truth PSNR is not the goal, so a reduced
-# precision is judged by parity with fp32, not by the PSNR it loses (quantize budgets, bench recommendation).
-GAN_TRAINED_ARCHS = frozenset({"rrdbnet", "srvgg", "srvggnetcompact", "realesrgan"})
 # what a reduced precision of a PSNR-trained model may cost against ground truth (issue 6's budget)
 DEFAULT_MAX_PSNR_DROP_DB = 0.3
-
-
-def judged_by_parity(arch: str) -> bool:
-    return arch.lower() in GAN_TRAINED_ARCHS
 
 
 class Color(str, Enum):
     RGB = "rgb"
     Y = "y"  # luma of BT.601 YCbCr; chroma is upscaled bicubically by the runtime
+
+
+class Io(str, Enum):
+    """What a model file takes and returns (`srkit.io`)."""
+
+    TENSOR = "tensor"  # float32 NCHW in 0-1; the host converts colour, pads and rounds (srkit.runtime.Upscaler)
+    RGB8 = "rgb8"  # uint8 [N,H,W,3] RGB in and out: a pipeline model (srkit.pipeline)
+    GRAY8 = "gray8"  # uint8 [N,H,W,1]
+    RGB16 = "rgb16"  # uint16 [N,H,W,3]
+    Y8 = "y8"  # uint8 [N,H,W,1] BT.601 luma (a video's Y plane), Y-channel models only
+
+    @classmethod
+    def parse(cls, value: str | Io) -> Io:
+        try:
+            return cls(str(value.value if isinstance(value, Io) else value).lower())
+        except ValueError:
+            raise InputError(f"unknown --io {value!r}; choose one of: {', '.join(i.value for i in cls)}") from None
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self != Io.TENSOR
 
 
 class Precision(str, Enum):
@@ -65,6 +79,7 @@ class ModelInfo:
     parity: dict[str, Any] = field(default_factory=dict)
     static_shape: tuple[int, int] | None = None  # (H, W) of the input when exported with --static
     version: str = ""
+    io: Io = Io.TENSOR
     extra: dict[str, str] = field(default_factory=dict)  # later passes (fp16, int8) record facts here
 
     # ---- ONNX metadata_props <-> ModelInfo -------------------------------------------------------
@@ -84,6 +99,7 @@ class ModelInfo:
             "receptive_field": str(self.receptive_field),
             "parity": json.dumps(self.parity, sort_keys=True),
             "version": self.version,
+            "io": self.io.value,
         }
         if self.static_shape:
             props["static_shape"] = f"{self.static_shape[0]}x{self.static_shape[1]}"
@@ -117,6 +133,7 @@ class ModelInfo:
                 parity=json.loads(ours.pop("parity", "{}") or "{}"),
                 static_shape=_parse_hw(static) if static else None,
                 version=ours.pop("version", ""),
+                io=Io(ours.pop("io", "tensor")),
             )
         except (ValueError, KeyError) as exc:
             raise UnsupportedModelError(f"{where} has malformed srkit metadata: {exc}") from None
@@ -127,7 +144,35 @@ class ModelInfo:
         data = asdict(self)
         data["color"] = self.color.value
         data["precision"] = self.precision.value
+        data["io"] = self.io.value
         return data
+
+
+# ---- facts the export records from the architecture's descriptor (srkit.models.base.ArchSpec.facts) ----
+# Models exported before these keys existed: what their architecture's descriptor says today.
+_LEGACY_GAN_TRAINED = frozenset({"rrdbnet", "srvgg"})
+_LEGACY_APPROXIMATE_TILING = frozenset({"rcan"})
+
+
+def judged_by_parity(info: ModelInfo) -> bool:
+    """A GAN-trained model (Real-ESRGAN): its ground-truth PSNR is not the goal, so a reduced precision is
+    judged by parity with fp32, not by the PSNR it loses (quantize budgets, bench recommendation)."""
+    if "gan_trained" in info.extra:
+        return info.extra["gan_trained"] == "true"
+    return info.arch.lower() in _LEGACY_GAN_TRAINED
+
+
+def tiling_is_exact(info: ModelInfo) -> bool:
+    """False when an op sees the whole image (RCAN's channel attention): tiled output only approximates."""
+    if "tiling" in info.extra:
+        return info.extra["tiling"] != "approximate"
+    return info.arch.lower() not in _LEGACY_APPROXIMATE_TILING
+
+
+def feature_width(info: ModelInfo) -> int | None:
+    """Feature maps at the network's widest point (srkit.features), None for models exported before."""
+    value = info.extra.get("features")
+    return int(value) if value and value.isdigit() else None
 
 
 def _parse_hw(text: str) -> tuple[int, int]:

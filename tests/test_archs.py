@@ -12,13 +12,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from srkit import quality  # noqa: E402
 from srkit.errors import ExportError  # noqa: E402
 from srkit.export import export_model  # noqa: E402
 from srkit.export.graph import check_graph, check_runtimes  # noqa: E402
 from srkit.export.parity import real_inputs  # noqa: E402
 from srkit.models import registry  # noqa: E402
+from srkit.runtime import tiling  # noqa: E402
 
-MAX_ABS = 1e-4
+MAX_ABS = quality.FP32_EXPORT_MAX_ABS
 # (batch, H, W) for the OpenVINO comparison, unrelated to the tracing shape and to the parity gate's (which
 # run_gate already uses for ONNX Runtime); small, to keep the matrix fast
 OTHER_SHAPES = ((1, 13, 21), (3, 8, 5), (2, 24, 16))
@@ -104,7 +106,11 @@ def test_detect_export_and_parity(name: str, scale: int, tmp_path: Path) -> None
                           scale=None if spec.scale_in_weights else scale)
     info = result.info
     assert (info.arch, info.scale, info.color) == (spec.name, scale, spec.color)
-    assert info.size_multiple == getattr(module, "size_multiple", spec.size_multiple)
+    assert info.size_multiple == spec.size_multiple(params)
+    # the descriptor's facts travel in the metadata: the feature width is the first conv's
+    first_conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert tiling.features_of(info) == first_conv.out_channels
+    assert info.extra["tiling"] == ("approximate" if spec.global_context else "exact")
     if name == "rrdbnet":  # Real-ESRGAN x2/x1 pixel-unshuffle by 2/4 first
         assert info.size_multiple == {1: 4, 2: 2, 4: 1}[scale]
     assert result.parity is not None and result.parity.passed and result.parity.max_abs <= MAX_ABS
@@ -118,6 +124,17 @@ def test_detect_export_and_parity(name: str, scale: int, tmp_path: Path) -> None
     # ORT ran the gate's three shapes, OpenVINO runs three others (batch 1-3): a shape baked into a Reshape
     # (the pixel-unshuffle models' risk) would fail one of the six
     assert openvino_max_abs(result.path, module, info.in_channels, info.size_multiple) <= MAX_ABS
+
+
+# the bundled small models: exported, gated and compared with the runtimes in tests/test_export.py and the zoo
+BUNDLED = {"espcn", "srcnn", "fsrcnn"}
+
+
+def test_every_registered_architecture_is_covered() -> None:
+    """Registering an architecture without a tiny configuration here (or a bundled model) fails this test."""
+    covered = {arch_of(name) for name in TINY} | BUNDLED
+    assert set(registry.names()) <= covered, f"not covered by test_archs: {set(registry.names()) - covered}"
+    assert set(SCALES) == set(TINY)
 
 
 def test_batchnorm_is_folded_and_leftovers_rejected(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from srkit import quality
 from srkit._optional import is_available
 from srkit.cli.main import run
 from srkit.errors import BackendUnavailableError, InputError
@@ -36,7 +37,7 @@ def _info(precision: Precision = Precision.FP32, **kw: object) -> ModelInfo:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return auto.psnr_db(a, b)
+    return quality.parity(a, b, clip=True)[0]
 
 
 # ---- ONNX Runtime execution providers ---------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_torch_bf16_on_cpu_stays_close_to_fp32(espcn_x3_onnx: Path, sample_rgb: 
         assert bf16.describe()["precision"] == "bf16"
         a, b = fp32.upscale(crop), bf16.upscale(crop)
     assert a.shape == b.shape == (180, 240, 3)
-    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= 40
+    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= quality.FLOAT_GATE_DB
 
 
 @torch_only
@@ -165,7 +166,7 @@ def test_torch_cuda_half_precisions_channels_last(
         weight = next(gpu.backend.module.parameters())  # type: ignore[attr-defined]
         assert weight.dim() != 4 or weight.is_contiguous(memory_format=__import__("torch").channels_last)
         a, b = ref.upscale(sample_rgb), gpu.upscale(sample_rgb)
-    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= 40
+    assert _psnr(a.astype(np.float32) / 255, b.astype(np.float32) / 255) >= quality.FLOAT_GATE_DB
 
 
 # ---- precision auto: the pure decision ----------------------------------------------------------------
@@ -230,7 +231,7 @@ def test_openvino_auto_precision_measures_and_caches(espcn_x3_onnx: Path) -> Non
     assert (Precision.BF16 in tried) == ("BF16" in caps)
     assert all(t.error is None and t.finite and t.seconds > 0 for t in choice.trials)
     chosen = next(t for t in choice.trials if t.precision == choice.chosen)
-    assert chosen.parity_db >= auto.PARITY_GATE_DB
+    assert chosen.parity_db >= quality.FLOAT_GATE_DB
     assert described["precision"] == choice.chosen.value  # what ran is what was chosen
     assert described["precision_choice"]["chosen"] == choice.chosen.value
     with Upscaler(espcn_x3_onnx, backend="openvino", precision="auto") as again:  # no second measurement
@@ -260,7 +261,8 @@ def test_measured_bf16_parity_on_real_crops(espcn_x3_onnx: Path) -> None:
         inputs,
     )
     assert trials[0].parity_db == float("inf")
-    assert 40 <= trials[1].parity_db < float("inf")  # bf16 really ran (not fp32) and stayed within the gate
+    # bf16 really ran (not fp32) and stayed within the gate
+    assert quality.FLOAT_GATE_DB <= trials[1].parity_db < float("inf")
 
 
 def test_ort_auto_precision_is_the_model_precision(espcn_x3_onnx: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from srkit import quality
 from srkit.bench import metrics
 from srkit.bench.dataset import load_pairs
 from srkit.bench.report import Targets, check_targets, passes_gate, recommend, render_markdown, render_summary
@@ -168,14 +169,17 @@ def test_report_schema(tiny_report: dict) -> None:
         "achieved_gflops",
         "peak_gflops",
         "pct_of_peak",
+        "e2e_ratio",
+        "e2e_host_fps",
     ]
+    assert r["e2e_path"] == "pipeline"  # ONNX Runtime runs the pipeline graph; the host path is measured beside it
     for key in floats:
         assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, key
     assert r["fps"] > 0 and r["peak_gflops"] > 0 and r["peak_rss_mb"] > 0
     assert set(r["latency_ms"]) == {"p50", "p95"} and r["latency_ms"]["p95"] >= r["latency_ms"]["p50"]
     assert isinstance(r["nan_count"], int) and r["nan_count"] == 0
     # ORT fp32 against PyTorch fp32: the export gate's tolerance holds here too
-    assert r["parity_max_abs"] <= 1e-4
+    assert r["parity_max_abs"] <= quality.FP32_EXPORT_MAX_ABS
     assert r["parity_psnr_db"] is None or r["parity_psnr_db"] > 60
     assert r["achieved_gflops"] == pytest.approx(r["gflops"] * r["fps"], rel=0.01)
     assert report["settings"]["reference"] == "PyTorch fp32"
@@ -206,12 +210,12 @@ def test_markdown_and_summary_render(tiny_report: dict) -> None:
 def test_recommendation_respects_the_parity_gates(tiny_report: dict) -> None:
     report = json.loads(json.dumps(tiny_report))
     (base,) = report["results"]
-    fast_bad = {**base, "precision": "int8", "fps": base["fps"] * 10, "parity_psnr_db": 30.0}
+    fast_bad = {**base, "precision": "int8", "fps": base["fps"] * 10, "parity_psnr_db": quality.INT8_GATE_DB - 5}
     fast_nan = {**base, "precision": "bf16", "fps": base["fps"] * 20, "nan_count": 3}
     report["results"] += [fast_bad, fast_nan]
     assert not passes_gate(report, fast_bad) and not passes_gate(report, fast_nan)
     assert recommend(report)["precision"] == "fp32"
-    fast_bad["parity_psnr_db"] = 36.0  # the int8 gate is 35 dB
+    fast_bad["parity_psnr_db"] = quality.INT8_GATE_DB + 1
     assert recommend(report)["precision"] == "int8"
     # a PSNR-trained model: the int8 row must also keep PSNR-Y within the budget of fp32
     assert report["settings"]["max_psnr_drop_db"] == 0.3

@@ -4,12 +4,12 @@ passes the checker, and the result passes the 45 dB gate against PyTorch fp32 wi
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from srkit import quality
 from srkit.errors import ParityError
 from srkit.export import fp16
 from srkit.meta import Precision, read_model_info
@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("torch", reason="export needs PyTorch (pip install 'srkit[export]')")
 
-MIN_PSNR = 45.0
+MIN_PSNR = quality.FP16_EXPORT_GATE_DB
 
 
 def _export(source: str, path: Path, **options: object):  # -> ExportResult
@@ -186,6 +186,5 @@ def test_fp16_model_runs_on_the_runtimes(compact_fp16: Path, sample_rgb: np.ndar
         assert out.shape == (160, 224, 3) and out.dtype == np.uint8, name
         assert out.std() > 5, name
     if "openvino" in outputs:
-        diff = outputs["ort"].astype(np.float64) - outputs["openvino"]
-        psnr = 10 * math.log10(255.0**2 / max(float(np.mean(diff**2)), 1e-12))
+        psnr = quality.psnr(outputs["ort"], outputs["openvino"], peak=255.0)
         assert psnr >= MIN_PSNR, psnr

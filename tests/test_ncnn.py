@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from srkit import imaging
+from srkit import imaging, quality
 from srkit.errors import InputError, UnsupportedModelError
 from srkit.models import ncnn as ncnn_import
 
@@ -19,7 +19,7 @@ COMPACT = "REALESRGAN_ANIMAVIDEOV3_UP4X"
 ANIME_6B = "REALESRGAN_X4PLUSANIME_UP4X"
 X4PLUS = "REALESRGAN_X4PLUS_UP4X"
 # fp32 parity with ncnn, in the 0-1 range (both run the same fp16-stored weights in fp32 arithmetic)
-MAX_ABS = 1e-4
+MAX_ABS = quality.FP32_EXPORT_MAX_ABS
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ ncnn = pytest.importorskip("ncnn", reason="the ncnn package is not installed (pi
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'srkit[ncnn]')")
 ort = pytest.importorskip("onnxruntime")
 
-from test_runtime_contract import UpscalerContract  # noqa: E402
+from test_runtime_contract import ContractModel, UpscalerContract, skip_unless_runs  # noqa: E402
 
 from srkit import imaging  # noqa: E402
 from srkit.bench.metrics import parity  # noqa: E402
@@ -442,16 +442,22 @@ def test_upscaler_tiles_through_the_ncnn_backend(srvgg: dict[str, Path], sample_
 
 
 class TestNcnnContract(UpscalerContract):
-    """The contract every backend passes, on the ncnn export (fp32 weights) of the bundled ESPCN x3."""
+    """The contract every backend passes (Y and RGB model), on ncnn exports (fp32 weights) of the contract's
+    models, compared with the contract's reference (PyTorch) on the same weights."""
 
     backend = "ncnn"
 
     @pytest.fixture(scope="class")
     @classmethod
-    def up(cls, espcn_param: Path):  # type: ignore[no-untyped-def, override]
-        if not _upscaler_takes_param(espcn_param):
+    def up(cls, contract_model: ContractModel, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def, override]
+        skip_unless_runs(cls.backend, cls.device)
+        source = read_model_info(contract_model.path).source.removeprefix("bundled:")
+        folder = tmp_path_factory.mktemp("contract-ncnn")
+        param = ncnn_export(source, folder / f"{contract_model.kind}-x{contract_model.scale}.param",
+                            ncnn_fp32=True).path
+        if not _upscaler_takes_param(param):
             pytest.skip("Upscaler does not take ncnn .param models yet (runtime/upscaler.py __init__)")
-        with Upscaler(espcn_param, backend="ncnn", precision="fp32", threads=2) as upscaler:
+        with Upscaler(param, backend="ncnn", precision="fp32", threads=2) as upscaler:
             yield upscaler
 
 

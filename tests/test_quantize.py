@@ -209,6 +209,9 @@ def test_unmeetable_budget_fails_with_numbers_and_writes_nothing(espcn_x3_onnx: 
 def test_gan_archs_default_to_parity_and_candidates_are_convs(espcn_x3_onnx: Path) -> None:
     info = read_model_info(espcn_x3_onnx)
     assert default_mode(info) == BudgetMode.GROUND_TRUTH
+    info.extra["gan_trained"] = "true"  # what the export records for srvgg and rrdbnet
+    assert default_mode(info) == BudgetMode.PARITY
+    del info.extra["gan_trained"]  # a model exported before srkit.gan_trained: its architecture decides
     info.arch = "srvgg"
     assert default_mode(info) == BudgetMode.PARITY
     names = sensitive_candidates(espcn_x3_onnx)

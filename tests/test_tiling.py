@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from srkit import quality
 from srkit.errors import InputError
 from srkit.runtime import tiling
 
@@ -39,11 +40,6 @@ def _registered() -> list[str]:
     except ImportError:  # torch missing: the parametrisation still needs names
         return sorted(TINY)
     return registry.names()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 # ---- the plan -------------------------------------------------------------------------------------------
@@ -190,7 +186,7 @@ def test_tiled_equals_untiled(arch: str, backend: str, tiny_models: dict[str, Pa
         tiled = up.upscale(image)
     assert tiled.shape == untiled.shape
     assert float(untiled.std()) > 0.01, "a (nearly) constant output would prove nothing"
-    value = psnr(tiled, untiled)
+    value = quality.psnr(tiled, untiled, peak=1.0)
     assert value >= 50.0, f"{arch} tiled vs untiled on {backend}: {value:.1f} dB"
 
 
@@ -236,18 +232,33 @@ def test_auto_tile_is_a_valid_size(espcn_x3_onnx: Path) -> None:
     assert isinstance(up.tile, int) and up.tile >= 4 * up.tile_overlap
 
 
-def test_huge_image_refused_untiled_but_planned_tiled(espcn_x3_onnx: Path) -> None:
+def test_huge_image_is_tiled_automatically(espcn_x3_onnx: Path) -> None:
+    """Untiled, a 16000x12000 image would need tens of GB: the default path tiles it (and says so)."""
     from srkit.runtime import Upscaler, upscaler
 
-    h, w = 16000, 12000  # a lazily zeroed array: no pages are touched by the size check
+    h, w = 16000, 12000  # a lazily zeroed array: no pages are touched by the planning
     big = np.zeros((h, w, 3), dtype=np.uint8)
-    with pytest.raises(InputError, match="--tile"):
-        Upscaler(espcn_x3_onnx, backend="ort").upscale(big)
-    assert h * 3 * w * 3 * 16 > upscaler.UNTILED_LIMIT_BYTES
-    plan = Upscaler(espcn_x3_onnx, backend="ort", tile=512).tile_plan(h, w)
-    assert plan is not None and plan.tile_h == plan.tile_w == 512
+    up = Upscaler(espcn_x3_onnx, backend="ort")
+    assert up.tile is None and up.route(big) == "tiled"
+    plan = up.tile_plan(h, w)
+    assert plan is not None and plan.count > 100
     band_bytes = plan.tile_h * 3 * w * 3 * 3 * 4
-    assert band_bytes < upscaler.UNTILED_LIMIT_BYTES // 8  # the float band is what tiling holds at once
+    assert band_bytes < upscaler.UNTILED_BUDGET_BYTES  # the float band is what tiling holds at once
+
+
+def test_auto_tiling_gives_the_untiled_pixels_and_says_so(espcn_x3_onnx: Path, sample_rgb: np.ndarray,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from srkit.runtime import Upscaler, upscaler
+
+    notes: list[str] = []
+    with Upscaler(espcn_x3_onnx, backend="ort") as up:
+        untiled = up.upscale(sample_rgb)
+    monkeypatch.setattr(upscaler, "UNTILED_BUDGET_BYTES", 1 << 20)  # as if this photo were huge
+    with Upscaler(espcn_x3_onnx, backend="ort", on_note=notes.append) as up:
+        assert up.route(sample_rgb) == "tiled"
+        tiled = up.upscale(sample_rgb)
+    assert len(notes) == 1 and "tiling it automatically" in notes[0]
+    assert quality.psnr(tiled, untiled, peak=255.0) >= 50.0
 
 
 def test_static_shape_model_tiles_at_its_shape(tmp_path: Path, sample_rgb: np.ndarray,
@@ -266,7 +277,7 @@ def test_static_shape_model_tiles_at_its_shape(tmp_path: Path, sample_rgb: np.nd
     with Upscaler(espcn_x3_onnx, backend="ort") as up:
         ref = up.upscale(image)
     assert out.shape == ref.shape and small.shape == (60, 90, 3)
-    assert psnr(out.astype(np.float32) / 255, ref.astype(np.float32) / 255) >= 50.0
+    assert quality.psnr(out, ref, peak=255.0) >= 50.0
 
 
 @pytest.mark.slow
@@ -286,6 +297,7 @@ def test_tiling_bounds_peak_memory(espcn_x3_onnx: Path) -> None:
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         peaks[tile] = report["peak_rss_mb"] - report["peak_rss_mb_before_upscale"]
         output_mb = report["output_mb"]
-    # tiled: the uint8 output plus a band and a tile; untiled holds several float32 copies of the output
-    assert peaks["256"] < peaks["0"] / 3, peaks
+    # tiled: the uint8 output plus a band and a tile; the default path ("0": no --tile) tiles a photo this big
+    # automatically, so it stays within a few GB too (untiled it held several float32 copies of the output)
     assert peaks["256"] < 4 * output_mb, peaks
+    assert peaks["0"] < 2500, peaks

@@ -11,6 +11,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from srkit import quality  # noqa: E402
 from srkit.cli.main import run  # noqa: E402
 from srkit.errors import InputError  # noqa: E402
 from srkit.runtime import Upscaler  # noqa: E402
@@ -44,8 +45,7 @@ def _packets(path: Path, kind: str) -> list[tuple[int | None, bytes]]:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / mse)
+    return quality.psnr(a, b, peak=255.0)
 
 
 def _no_video_threads() -> bool:

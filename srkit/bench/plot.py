@@ -7,6 +7,7 @@ from typing import Any
 
 from srkit._fs import atomic_path
 from srkit._optional import require
+from srkit.quality import FLOAT_GATE_DB, PARITY_GATES_DB
 
 # a parity of +inf (bit-exact) cannot sit on a finite axis: draw it this many dB above the best finite one
 IDENTICAL_HEADROOM_DB = 10.0
@@ -80,7 +81,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
     backends = sorted({r["backend"] for r in rows})
     colours = {b: plt.get_cmap("tab10")(i) for i, b in enumerate(backends)}
     finite = [r["parity_psnr_db"] for r in rows if r.get("parity_psnr_db") is not None]
-    identical_at = (max(finite) if finite else 40.0) + IDENTICAL_HEADROOM_DB
+    identical_at = (max(finite) if finite else FLOAT_GATE_DB) + IDENTICAL_HEADROOM_DB
 
     quality_points, parity_points = [], []
     for r in sorted(rows, key=lambda r: r["fps"]):
@@ -100,7 +101,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
     bicubic = next((r["bicubic_psnr_y"] for r in rows if r.get("bicubic_psnr_y") is not None), None)
     if bicubic is not None:
         _reference_line(ax_q, bicubic, f"bicubic {bicubic:.2f} dB", "--")
-    gates = report.get("settings", {}).get("parity_gates_db", {"float": 40.0, "int8": 35.0})
+    gates = report.get("settings", {}).get("parity_gates_db", PARITY_GATES_DB)
     for name, db in gates.items():
         _reference_line(ax_p, db, f"{name} gate {db:g} dB", ":")
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PARITY_GATES_DB = {"float": 40.0, "int8": 35.0}  # the defaults; a report carries the gates it was run with
+from srkit.bench import baselines
+from srkit.quality import (  # the defaults; a report carries the gates it was run with
+    FLOAT_GATE_DB,
+    INT8_GATE_DB,
+    PARITY_GATES_DB,
+    gate_family,
+)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -32,6 +38,9 @@ COLUMNS = [
     ("p50 ms", "p50", ".1f"),
     ("p95 ms", "p95", ".1f"),
     ("e2e fps", "e2e_fps", ".1f"),
+    ("e2e/call", "e2e_ratio", ".2f"),
+    ("e2e path", "e2e_path", "s"),
+    ("host e2e fps", "e2e_host_fps", ".1f"),
     ("compile s", "compile_s", ".2f"),
     ("GFLOP/s", "achieved_gflops", ".0f"),
     ("peak", "peak_gflops", ".0f"),
@@ -67,7 +76,7 @@ def _cells(result: dict[str, Any], columns: list[tuple[str, str, str]] = COLUMNS
 
 def gate_for(report: dict[str, Any], precision: str) -> float:
     gates = report.get("settings", {}).get("parity_gates_db", PARITY_GATES_DB)
-    return float(gates["int8" if precision.startswith("int8") else "float"])
+    return float(gates[gate_family(precision)])
 
 
 def fp32_psnr_y(report: dict[str, Any]) -> float | None:
@@ -196,14 +205,17 @@ def describe_setup(report: dict[str, Any]) -> str:
 NOTES = [
     "**fps**, **p50/p95**: the model call alone (NCHW float32 in and out) after warm-up at this shape; "
     "**e2e fps**: a uint8 RGB image in and out through `Upscaler.upscale` (colour conversion and padding "
-    "included).",
+    "included); **e2e/call** = e2e fps / fps; **e2e path**: `pipeline` when colour, padding and rounding ran "
+    "inside the graph (srkit.pipeline), `host` when numpy did them; **host e2e fps**: the host path measured "
+    "in the same run, for comparison.",
     "**compile s**: session / compiled-model build time, not in any fps.",
     "**GFLOP/s**: FLOPs counted from the ONNX graph at this input size x fps; **peak**: the best GFLOP/s "
     "of a large Conv / MatMul on the same backend at the same precision, measured in the same process "
     "just after; **% peak** = GFLOP/s / peak.",
     "**parity dB / max abs**: against PyTorch fp32 on the same input (identical = bit-exact).",
-    "**Recommended**: the fastest row (not PyTorch) with no NaN that passes its parity gate (40 dB float, "
-    "35 dB int8) and, for a PSNR-trained model, keeps PSNR-Y within the report's `max_psnr_drop_db` of fp32.",
+    "**Recommended**: the fastest row (not PyTorch) with no NaN that passes its parity gate "
+    f"({FLOAT_GATE_DB:g} dB float, {INT8_GATE_DB:g} dB int8) and, for a PSNR-trained model, keeps PSNR-Y within "
+    "the report's `max_psnr_drop_db` of fp32.",
     "**peak RSS MB**: the peak resident memory of a fresh process that loaded only this backend and ran only "
     "this row (Python, numpy and the backend's libraries included), not a delta.",
 ]
@@ -231,6 +243,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Quality: PSNR-Y / SSIM-Y on {s['dataset']}; LR by {s['resize_kernel']}. "
         f"Parity reference: {s['reference']}.",
     ]
+    if s.get("baselines_psnr_y"):
+        lines.append(f"- Classical upscalers, PSNR-Y on the same images: {baselines.describe(s['baselines_psnr_y'])}.")
     if best := recommend(report):
         lines += [
             "",
@@ -262,7 +276,9 @@ def render_summary(report: dict[str, Any]) -> str:
     bicubic = next(
         (r["bicubic_psnr_y"] for r in report["results"] if r.get("bicubic_psnr_y") is not None), None
     )
-    if bicubic is not None:
+    if classical := report["settings"].get("baselines_psnr_y"):
+        text += f"\n\nclassical upscalers, PSNR-Y on the same images: {baselines.describe(classical)}"
+    elif bicubic is not None:
         text += f"\n\nbicubic PSNR-Y on the same images: {bicubic:.2f} dB"
     best = recommend(report)
     if best:

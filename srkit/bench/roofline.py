@@ -327,14 +327,19 @@ def measure_peak(
     """Measured peak GFLOP/s of `backend` at `precision` (fp32, bf16, fp16 or int8) on this machine now."""
     int8 = precision.startswith("int8")
     float_precision = precision.split("+", 1)[1] if "+" in precision else ("fp32" if int8 else precision)
+    from srkit.runtime import registry
+
+    cls = registry.backend_class(backend)
     results: dict[str, float] = {}
-    if backend == "torch":
-        results = _torch_peak(float_precision, device, threads, min_time_s)
-        how = f"torch.nn.functional.conv2d / torch.matmul at {float_precision} on {device}"
+    native = cls.native_peak_calls(float_precision, device, threads)
+    if native is not None:  # a backend that runs no ONNX graphs brings its own probes
+        results = {name: _time_gflops(call, flops, min_time_s) for name, (call, flops) in native.items()}
+        how = f"{cls.title}'s own conv / matmul at {float_precision} on {device}"
     else:
         with tempfile.TemporaryDirectory(prefix="srkit-peak-") as tmp:
             for probe in build_probes(Path(tmp), int8=int8):
-                call = _onnx_probe_call(backend, probe, float_precision, device, threads)
+                x = np.random.default_rng(2).random(probe.input_shape, dtype=np.float32)
+                call = cls.graph_call(probe.path, x, precision=float_precision, device=device, threads=threads)
                 results[probe.name] = _time_gflops(call, probe.flops, min_time_s)
         how = (
             f"{'QDQ int8 ' if int8 else ''}ONNX Conv/MatMul on {backend} ({device}, "
@@ -342,80 +347,6 @@ def measure_peak(
         )
     best = max(results, key=lambda k: results[k])
     return Peak(results[best], best, results, how)
-
-
-def _onnx_probe_call(
-    backend: str, probe: Probe, precision: str, device: str, threads: int | None
-) -> Callable[[], object]:
-    x = np.random.default_rng(2).random(probe.input_shape, dtype=np.float32)
-    if backend == "ort":
-        from srkit._optional import require
-
-        ort = require("onnxruntime", extra="ort")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(device, device)
-        session = ort.InferenceSession(str(probe.path), sess_options=so, providers=[provider])
-        if device == "cuda":  # device-resident input and output, as the model timing
-            xv = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-            binding = session.io_binding()
-            binding.bind_ortvalue_input("x", xv)
-            binding.bind_output("y", "cuda", 0)
-
-            def run_bound() -> None:
-                session.run_with_iobinding(binding)
-                binding.synchronize_outputs()
-
-            return run_bound
-        return lambda: session.run(None, {"x": x})
-    if backend == "openvino":
-        from srkit._optional import require
-
-        ov = require("openvino", extra="openvino")
-        hints = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": hints.get(precision, "f32"),
-        }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        compiled = ov.Core().compile_model(str(probe.path), device.upper(), config)
-        request = compiled.create_infer_request()
-        return lambda: request.infer({0: x})
-    raise InputError(f"no peak probe for backend {backend!r}")
-
-
-def _torch_peak(precision: str, device: str, threads: int | None, min_time_s: float) -> dict[str, float]:
-    from srkit._optional import require
-
-    torch = require("torch", extra="export")
-    if threads:
-        torch.set_num_threads(int(threads))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    dev = torch.device(device)
-    c, h, w = PEAK_CONV
-    n = PEAK_MATMUL
-    x = torch.rand(1, c, h, w, device=dev, dtype=dtype)
-    wt = torch.randn(c, c, 3, 3, device=dev, dtype=dtype) * 0.05
-    a = torch.rand(n, n, device=dev, dtype=dtype)
-    b = torch.rand(n, n, device=dev, dtype=dtype)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-    def conv() -> None:
-        with torch.inference_mode():
-            torch.nn.functional.conv2d(x, wt, padding=1)
-        sync()
-
-    def matmul() -> None:
-        with torch.inference_mode():
-            torch.matmul(a, b)
-        sync()
-
-    return {
-        f"conv3x3 {c}ch {w}x{h}": _time_gflops(conv, 2.0 * c * c * 9 * h * w, min_time_s),
-        f"matmul {n}^3": _time_gflops(matmul, 2.0 * n**3, min_time_s),
-    }
 
 
 def roofline(model_flops: float, fps: float | None, peak: Peak | None) -> dict[str, float | None]:

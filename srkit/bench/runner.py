@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 
 from srkit import __version__, imaging
-from srkit.bench import metrics
+from srkit.bench import baselines, metrics
 from srkit.bench.dataset import RESIZE_KERNEL, Pair, load_pairs
 from srkit.bench.timing import measure, peak_rss_mb, rss_now_mb
 from srkit.errors import BackendUnavailableError, InputError, SrkitError
 from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, ModelInfo, Precision, judged_by_parity, read_model_info
+from srkit.quality import PARITY_GATES_DB
 from srkit.runtime import Upscaler, registry
 
 # parity gates the recommendation and the bench suite apply (dB against PyTorch fp32)
-PARITY_GATE_DB = {"float": 40.0, "int8": 35.0}
 
 
 @dataclass
@@ -79,6 +79,9 @@ class BenchResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     e2e_fps: float | None = None
     e2e_latency_ms: dict[str, float] = field(default_factory=dict)
+    e2e_path: str | None = None  # "pipeline" (colour and rounding in the graph) or "host" (numpy around it)
+    e2e_ratio: float | None = None  # e2e_fps / fps: how close end to end gets to the model call
+    e2e_host_fps: float | None = None  # the host path in the same run, when e2e went through the pipeline
     compile_s: float | None = None
     peak_rss_mb: float | None = None
     psnr_y: float | None = None
@@ -208,16 +211,11 @@ def ncnn_model_for(config: BenchConfig, info: ModelInfo) -> Path | None:
 
 
 def backend_devices(backend: str) -> list[str]:
-    """The compute devices worth benchmarking (`auto` and TensorRT-through-ORT are left to explicit runs)."""
+    """The compute devices worth benchmarking: the backend's own answer (`Backend.bench_devices`)."""
     try:
-        have = registry.backend_class(backend).devices()
+        return registry.backend_class(backend).bench_devices()
     except SrkitError:
         return []
-    if backend == "openvino":
-        return [d for d in have if d.split(".")[0] in ("cpu", "gpu")]
-    if backend == "ort":
-        return [d for d in have if d in ("cpu", "cuda")]
-    return have
 
 
 def cpu_capabilities() -> set[str]:
@@ -234,31 +232,9 @@ def cpu_capabilities() -> set[str]:
 def precisions_for(
     backend: str, device: str, info: ModelInfo, int8: Path | None, caps: set[str]
 ) -> list[tuple[str, Path | None]]:
-    """(precision, model file: None = the fp32 model) pairs this backend can run on this device."""
-    stored = info.precision.value
-    out: list[tuple[str, Path | None]] = []
-    if backend == "openvino":
-        out.append(("fp32", None))
-        if device == "cpu":
-            out += [(p, None) for p, cap in (("bf16", "BF16"), ("fp16", "FP16")) if cap in caps]
-        else:
-            out.append(("fp16", None))
-        if int8:
-            out.append(("int8", int8))
-            if device == "cpu" and "BF16" in caps:
-                out.append(("bf16", int8))  # int8 layers, the rest in bf16: reported as int8+bf16
-    elif backend == "torch":
-        out.append(("fp32", None))
-        out.append(("fp16" if device == "cuda" else "bf16", None))
-    elif backend == "ncnn":  # fp32 arithmetic on the CPU (the weights are as stored); fp16 on a Vulkan GPU
-        out.append(("fp32", None))
-        if device != "cpu":
-            out.append(("fp16", None))
-    else:  # ort, trt: they run the precision stored in the model file
-        out.append((stored, None))
-        if int8:
-            out.append(("int8", int8))
-    return out
+    """(precision, model file: None = the fp32 model) pairs this backend runs on this device
+    (`Backend.bench_precisions`)."""
+    return registry.backend_class(backend).bench_precisions(device, info, int8, caps)
 
 
 def plan_variants(config: BenchConfig, info: ModelInfo) -> list[Variant]:
@@ -367,9 +343,12 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             if config.dataset
             else "built-in CC0 photos: " + ", ".join(p.name for p in pairs),
             "reference": "PyTorch fp32" if ref is not None else f"unavailable: {ref_error}",
-            "parity_gates_db": PARITY_GATE_DB,
+            "parity_gates_db": PARITY_GATES_DB,
+            # model-independent: the classical upscalers on the same pairs, under the same convention
+            "baselines_psnr_y": baselines.baseline_psnr_y(((p.lr, p.hr) for p in pairs), info.scale)
+            if pairs else None,
             # a PSNR-trained model's reduced precisions must also keep their PSNR-Y within this of fp32
-            "max_psnr_drop_db": None if judged_by_parity(info.arch) else DEFAULT_MAX_PSNR_DROP_DB,
+            "max_psnr_drop_db": None if judged_by_parity(info) else DEFAULT_MAX_PSNR_DROP_DB,
         },
         "results": results,
     }
@@ -453,46 +432,23 @@ def run(
     e2e = measure(lambda: up.upscale(rgb), warmup=1, min_time_s=config.min_time_s, min_calls=5)
     result.e2e_fps = round(e2e.fps, 2)
     result.e2e_latency_ms = {"p50": round(e2e.p50, 3), "p95": round(e2e.p95, 3)}
+    result.e2e_path = up.route(rgb)
+    result.e2e_ratio = round(e2e.fps / timed.fps, 3) if timed.fps else None
+    if result.e2e_path == "pipeline":
+        host = measure(lambda: up.upscale(rgb, pipeline=False), warmup=1, min_time_s=config.min_time_s,
+                       min_calls=5)
+        result.e2e_host_fps = round(host.fps, 2)
     if pairs:
         quality(up, pairs, up.info.scale, result)
 
 
 def model_call(up: Upscaler, x: np.ndarray) -> tuple[Callable[[], object], str]:
-    """The timed model call. On a GPU the input and output stay on the device (ORT IO binding, a torch
-    tensor) and the device is synchronised, so neither host copies nor queued work distort the numbers."""
+    """The timed model call: the backend's on-device call where it has one (`Backend.timed_call`: on a GPU,
+    input and output stay on the device and the device is synchronised), else the host call."""
     padded, _ = imaging.pad_to_multiple(x, up.info.size_multiple)
-    padded = np.ascontiguousarray(padded, dtype=np.float32)
-    backend = up.backend
-    if backend.name == "ort" and getattr(backend, "provider", "") == "CUDAExecutionProvider":
-        from srkit._optional import require
-
-        ort = require("onnxruntime", extra="ort")
-        session = backend.session  # type: ignore[attr-defined]
-        x_dev = ort.OrtValue.ortvalue_from_numpy(padded, "cuda", 0)
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(backend.input_name, x_dev)  # type: ignore[attr-defined]
-        binding.bind_output(session.get_outputs()[0].name, "cuda", 0)
-
-        def bound() -> None:
-            session.run_with_iobinding(binding)
-            binding.synchronize_outputs()
-
-        return bound, "ORT IO binding, input and output on the GPU, synchronised"
-    if (
-        backend.name == "torch"
-        and getattr(getattr(backend, "device", None), "type", None) == "cuda"
-    ):
-        from srkit._optional import require
-
-        torch = require("torch", extra="export")
-        t = torch.from_numpy(padded).to(backend.device, backend.dtype)  # type: ignore[attr-defined]
-
-        def on_device() -> None:
-            with torch.inference_mode():
-                backend.module(t)  # type: ignore[attr-defined]
-            torch.cuda.synchronize()
-
-        return on_device, "torch tensor on the GPU, torch.cuda.synchronize() after each call"
+    on_device = up.backend.timed_call(np.ascontiguousarray(padded, dtype=np.float32))
+    if on_device is not None:
+        return on_device
     return (lambda: up.run_model(x)), "host arrays in and out (Upscaler.run_model)"
 
 
@@ -540,6 +496,4 @@ def quality(up: Upscaler, pairs: list[Pair], scale: int, result: BenchResult) ->
     result.bicubic_psnr_y = round(float(np.mean(bicubic)), 3)
 
 
-def parity_gate_db(precision: str) -> float:
-    """The parity a result must reach to count: int8 (and int8+float) is judged by the int8 gate."""
-    return PARITY_GATE_DB["int8" if precision.startswith("int8") else "float"]
+

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from srkit import imaging
-from srkit._optional import require
 from srkit.errors import InputError
-from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, Color, ModelInfo, judged_by_parity
+from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, Io, ModelInfo, Precision, judged_by_parity
+from srkit.quality import INT8_GATE_DB, psnr_y
 
 DEFAULT_MAX_DROP_DB = DEFAULT_MAX_PSNR_DROP_DB
-DEFAULT_MIN_PARITY_DB = 35.0
+DEFAULT_MIN_PARITY_DB = INT8_GATE_DB
 VALIDATION_MAX_SIDE = 640  # HR side per photo: the whole of each held-out photo (they are <= 640 px)
 
 
@@ -36,7 +35,7 @@ class BudgetMode(str, Enum):
 
 
 def default_mode(info: ModelInfo) -> BudgetMode:
-    return BudgetMode.PARITY if judged_by_parity(info.arch) else BudgetMode.GROUND_TRUTH
+    return BudgetMode.PARITY if judged_by_parity(info) else BudgetMode.GROUND_TRUTH
 
 
 @dataclass(frozen=True)
@@ -102,52 +101,32 @@ def validation_set(images: dict[str, np.ndarray], info: ModelInfo,
 
 # ---- running an ONNX file ------------------------------------------------------------------------
 class OnnxRunner:
-    """Run an ONNX model on NCHW float32 with onnxruntime (CPU) or OpenVINO (CPU, f32 hint)."""
+    """An ONNX model on srkit's runtime backend `engine` (ort or openvino: CPU, float layers at fp32, padded to
+    the size multiple): the runtime's session factory, not a second one."""
 
-    def __init__(self, path: Path, engine: str) -> None:
-        self.engine = engine
-        if engine == "openvino":
-            ov = require("openvino", extra="openvino")
-            core = ov.Core()
-            # f32 hint: otherwise the float layers would run bf16 on this CPU (openvino #19355)
-            compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                             "PERFORMANCE_HINT": "LATENCY"})
-            self._request: Any = compiled.create_infer_request()
-        else:
-            ort = require("onnxruntime", extra="ort")
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            self._session: Any = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            self._name = self._session.get_inputs()[0].name
+    def __init__(self, path: Path, engine: str, info: ModelInfo) -> None:
+        from srkit.runtime import registry
+        from srkit.runtime.base import BackendOptions
+
+        self.multiple, self.scale = info.size_multiple, info.scale
+        tensor_info = replace(info, io=Io.TENSOR, precision=Precision.FP32, static_shape=None)
+        backend = registry.backend_class(engine)(path, tensor_info, BackendOptions(precision=Precision.FP32))
+        self.backend = backend.activate()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.engine == "openvino":
-            self._request.infer({0: x})
-            return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-        return np.asarray(self._session.run(None, {self._name: x})[0], dtype=np.float32)
+        padded, (h, w) = imaging.pad_to_multiple(np.ascontiguousarray(x, dtype=np.float32), self.multiple)
+        return self.backend.infer(np.ascontiguousarray(padded))[:, :, : h * self.scale, : w * self.scale]
 
 
 def upscale_u8(run: OnnxRunner, lr: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """uint8 RGB -> uint8 RGB, the runtime's Y / RGB handling."""
-    h, w = lr.shape[:2]
-    s = info.scale
-    rgb = imaging.to_float(lr)
-    if info.color == Color.Y:
-        ycc = imaging.rgb_to_ycbcr(rgb)
-        y = run(ycc[None, None, :, :, 0])[0, 0][..., None]
-        chroma = imaging.resize_bicubic(ycc[..., 1:], h * s, w * s)
-        out = imaging.ycbcr_to_rgb(np.concatenate([y, chroma], axis=2))
-    else:
-        out = run(rgb.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
-    return imaging.from_float(out, np.uint8)
+    """uint8 RGB -> uint8 RGB through the runtime's one colour pipeline (imaging.upscale_colour)."""
 
+    def run_planes(planes: np.ndarray) -> np.ndarray:
+        return run(planes.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
 
-def _psnr_y(a: np.ndarray, b: np.ndarray, scale: int) -> float:
-    # calibration may import srkit.bench.metrics (allowed in tests/test_layering.py): one PSNR definition
-    from srkit.bench.metrics import psnr_y
-
-    return psnr_y(a, b, scale)
+    out = imaging.upscale_colour(imaging.to_float(lr)[None], scale=info.scale, color=info.color,
+                                 in_channels=info.in_channels, run_planes=run_planes)
+    return imaging.from_float(out[0], np.uint8)
 
 
 @dataclass
@@ -160,18 +139,18 @@ class Reference:
 
 
 def reference(model: Path, images: list[ValidationImage], info: ModelInfo, engine: str) -> Reference:
-    run = OnnxRunner(model, engine)
+    run = OnnxRunner(model, engine, info)
     outputs = [upscale_u8(run, v.lr, info) for v in images]
-    psnr = float(np.mean([_psnr_y(o, v.hr, info.scale) for o, v in zip(outputs, images, strict=True)]))
+    psnr = float(np.mean([psnr_y(o, v.hr, info.scale) for o, v in zip(outputs, images, strict=True)]))
     return Reference(images, outputs, psnr)
 
 
 def measure(model: Path, ref: Reference, info: ModelInfo, engine: str) -> Measurement:
-    run = OnnxRunner(model, engine)
+    run = OnnxRunner(model, engine, info)
     outs = [upscale_u8(run, v.lr, info) for v in ref.images]
-    psnr = float(np.mean([_psnr_y(o, v.hr, info.scale) for o, v in zip(outs, ref.images, strict=True)]))
+    psnr = float(np.mean([psnr_y(o, v.hr, info.scale) for o, v in zip(outs, ref.images, strict=True)]))
     # parity with border 0: every pixel counts; inf (identical) is capped so the mean stays finite
-    parity = [min(_psnr_y(o, r, 0), 99.0) for o, r in zip(outs, ref.outputs, strict=True)]
+    parity = [min(psnr_y(o, r, 0), 99.0) for o, r in zip(outs, ref.outputs, strict=True)]
     if not all(math.isfinite(p) for p in parity):
         parity = [0.0]
     return Measurement(ref.psnr_y, psnr, float(np.mean(parity)))

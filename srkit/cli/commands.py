@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,27 +44,35 @@ def zoo(as_json: bool) -> None:
         echo(json.dumps({name: e.record for name, e in entries.items()}, indent=2))
         return
     rows = []
+    classical = ("nearest", "bilinear", "lanczos")
     for e in entries.values():
         v = e.record.get("validation", {})
+        others = [f"{e.baselines_psnr_y[k]:.2f}" if k in e.baselines_psnr_y else "-" for k in classical]
         rows.append([e.name, e.arch, f"x{e.scale}", f"{e.parameters:,}", f"{v.get('psnr_y', float('nan')):.2f}",
                      f"{v.get('bicubic_psnr_y', float('nan')):.2f}", f"{v.get('gain_db', float('nan')):+.2f}",
-                     e.origin])
-    echo(table(rows, ["name", "arch", "scale", "params", "PSNR-Y", "bicubic", "gain dB", "weights"]))
+                     *others, e.origin])
+    echo(table(rows, ["name", "arch", "scale", "params", "PSNR-Y", "bicubic", "gain dB", *classical, "weights"]))
     from srkit.data import HELD_OUT
 
     echo(f"\nPSNR-Y: mean over {len(HELD_OUT)} held-out CC0 photos ({', '.join(HELD_OUT)}), BT.601 Y, "
-         "border = scale cropped.")
+         "border = scale cropped; gain over bicubic. nearest, bilinear, lanczos: Pillow's filters on the same "
+         "low-resolution images.")
 
 
 # ---- export ----------------------------------------------------------------------------------------
 def export(source: str, output: str | None, *, arch: str | None, scale: int | None, opset: int,
            static: tuple[int, int] | None, verify: bool, fp16: bool = False, fp16_io: bool = False,
-           out_format: str | None = None, ncnn_fp32: bool = False) -> None:
+           io: str = "tensor", out_format: str | None = None, ncnn_fp32: bool = False) -> None:
     from srkit.export import ExportOptions, export_model
     from srkit.export.ncnn import NcnnExportResult
+    from srkit.meta import Io
+    from srkit.pipeline import describe_io
 
+    if static is not None:
+        refuse_oversized_static(source, static, scale)
+    # the default name carries -fp16 / -rgb8...: an fp16 or pipeline export never replaces the plain one
     options = ExportOptions(opset=opset, static=static, verify=verify, fp16=fp16, fp16_io=fp16_io,
-                            format=out_format, ncnn_fp32=ncnn_fp32)
+                            io=Io.parse(io), format=out_format, ncnn_fp32=ncnn_fp32)
     with progress(None, f"exporting {source}"):
         result = export_model(source, output, arch=arch, scale=scale, options=options)
     if isinstance(result, NcnnExportResult):  # it says how to feed and use its files
@@ -85,22 +95,29 @@ def export(source: str, output: str | None, *, arch: str | None, scale: int | No
         psnr = "inf" if p.psnr_db == float("inf") else f"{p.psnr_db:.1f} dB"
         echo(f"parity vs PyTorch fp32 ({p.backend}): max abs {p.max_abs:.2e}, PSNR {psnr}, "
              f"shapes {', '.join('x'.join(map(str, s)) for s in p.shapes)}  [gate {p.gate}: passed]")
-    else:
+    elif result.pipeline is None:
         echo("parity: NOT verified (--no-verify)")
+    if options.io != Io.TENSOR:
+        echo(f"io: {describe_io(options.io)}")
+        echo(result.pipeline.summary() + "  [gate: passed]" if result.pipeline else "pipeline: NOT verified (--no-verify)")
     echo(f"done in {result.seconds:.1f} s")
 
 
 # ---- info ------------------------------------------------------------------------------------------
 def info(model: str, as_json: bool) -> None:
     from srkit.meta import read_model_info
+    from srkit.pipeline import describe_io
 
-    data = read_model_info(model).to_json()
+    model_info = read_model_info(model)
+    data = model_info.to_json()
     if as_json:
         echo(json.dumps(data, indent=2))
         return
     for key, value in data.items():
         if value in (None, {}, ""):
             continue
+        if key == "io":
+            value = describe_io(model_info.io)
         echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict | list) else value}")
 
 
@@ -112,56 +129,153 @@ def plan_outputs(
     inputs: list[str], output: str | None, scale: int, out_format: str | None = None
 ) -> list[tuple[Path, Path]]:
     """(input file, output file) pairs. One file in: -o is a file (or an existing folder); else a folder
-    that mirrors the input tree. `out_format` changes the suffix of outputs that are not named by -o."""
+    that mirrors the input tree. `out_format` changes the suffix of outputs that are not named by -o.
+
+    Refused before any work: an image-like -o for several inputs, -o naming an input folder, and two inputs
+    that would write one output. The output tree is left out of a walk of an input folder that holds it."""
     from srkit.imageio import is_image_path
 
     suffix = FORMAT_SUFFIX[out_format.lower()] if out_format else None
+    single = is_single_file(inputs, output)
+    root = None if single else output_root(output, scale)
+    if root is not None and output is not None and not root.is_dir() and is_image_path(root):
+        raise InputError(f"-o {output} names an image file, but the input is a folder or several files; "
+                         "give a folder for -o")
     sources: list[tuple[Path, Path]] = []  # (file, path relative to the output root)
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            images = [p for p in files if is_image_path(p)]
-            for skipped in sorted(set(files) - set(images)):
-                print(f"srkit: warning: skipping {skipped} (not an image)", file=sys.stderr)
-            sources += [(p, p.relative_to(path)) for p in images]
+            if root is not None and root.resolve() == path.resolve():
+                raise InputError(f"-o {output} is the input folder {path}; choose another output folder")
+            sources += [(p, p.relative_to(path)) for p in images_in_folder(path, exclude=root)]
         elif path.is_file():
             if not is_image_path(path):
                 raise InputError(f"{path}: unsupported input type {path.suffix!r}")
             sources.append((path, Path(path.name)))
         else:
             raise InputError(f"input not found: {path}")
+    sources = drop_repeated_files(sources)
     if not sources:
         raise InputError("no images to upscale")
-    single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
-    if single and (output is None or not Path(output).is_dir()):
+    if root is None:
         src = sources[0][0]
         dst = Path(output) if output else src.with_name(f"{src.stem}_x{scale}{suffix or src.suffix}")
         return [(src, dst)]
-    root = Path(output) if output else Path(f"upscaled_x{scale}")
-    return [(src, root / (rel.with_suffix(suffix) if suffix else rel)) for src, rel in sources]
+    jobs = [(src, root / (rel.with_suffix(suffix) if suffix else rel)) for src, rel in sources]
+    refuse_output_collisions(jobs)
+    return jobs
+
+
+def is_single_file(inputs: list[str], output: str | None) -> bool:
+    """One file in and -o (if any) not a folder (an existing one, or one written `out/`): -o names the output
+    file itself."""
+    names_folder = output is not None and (Path(output).is_dir() or output.endswith(("/", os.sep)))
+    return len(inputs) == 1 and not Path(inputs[0]).is_dir() and not names_folder
+
+
+# what `output_root` names a folder run's output when -o is not given; never read back as input by a walk
+DEFAULT_OUTPUT_FOLDER = re.compile(r"upscaled_x[0-9]+")
+
+
+def output_root(output: str | None, scale: int) -> Path:
+    return Path(output) if output else Path(f"upscaled_x{scale}")
+
+
+def images_in_folder(folder: Path, *, exclude: Path | None = None) -> list[Path]:
+    """The images under `folder`, sorted. Left out: the tree of `exclude` (the output folder, when it lies
+    inside: a second run must not read the first one's results as inputs), folders named as srkit names its
+    default outputs (`upscaled_x3`: another run's results), and srkit's own temp files (a killed run's
+    leftovers). Other files that are not images are named in a warning."""
+    from srkit._fs import is_temp_name
+    from srkit.imageio import is_image_path
+
+    excluded = exclude.resolve() if exclude is not None else None
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        kept = []
+        for name in sorted(dirnames):
+            if excluded is not None and (here / name).resolve() == excluded:
+                continue
+            if DEFAULT_OUTPUT_FOLDER.fullmatch(name):
+                print(f"srkit: warning: skipping {here / name} (an srkit output folder)", file=sys.stderr)
+                continue
+            kept.append(name)
+        dirnames[:] = kept
+        files += [here / name for name in filenames if not is_temp_name(name)]
+    files = sorted(p for p in files if p.is_file())
+    images = [p for p in files if is_image_path(p)]
+    for skipped in sorted(set(files) - set(images)):
+        print(f"srkit: warning: skipping {skipped} (not an image)", file=sys.stderr)
+    return images
+
+
+def drop_repeated_files(sources: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """The same file named twice (`a.png a.png`, or a file and its folder) is upscaled once."""
+    seen: set[Path] = set()
+    kept = []
+    for src, rel in sources:
+        key = src.resolve()
+        if key not in seen:
+            seen.add(key)
+            kept.append((src, rel))
+    return kept
+
+
+def refuse_output_collisions(jobs: list[tuple[Path, Path]]) -> None:
+    """Two inputs that would write one output (same name from two folders, or a.jpg + a.png with --format png):
+    one result would silently replace the other, so nothing runs."""
+    first: dict[str, Path] = {}
+    for src, dst in jobs:
+        key = os.path.normcase(os.path.abspath(dst))
+        if key in first:
+            raise InputError(f"{first[key]} and {src} would both be written to {dst}; "
+                             "upscale them in separate runs with different -o folders, or rename one")
+        first[key] = src
+
+
+def check_image_output(dst: Path) -> None:
+    """The output's format is known before the model runs, not after."""
+    from srkit.imageio import IMAGE_SUFFIXES, is_image_path
+
+    if not is_image_path(dst):
+        raise InputError(f"{dst}: unsupported output extension {dst.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+
+
+def load_input(src: Path) -> ImageFile:
+    """Read an input; an animated or multi-page file is cut to its first frame, and says so."""
+    from srkit.imageio import load_image
+
+    loaded = load_image(src)
+    if loaded.frames > 1:
+        print(f"srkit: warning: {src} holds {loaded.frames} frames (animated or multi-page); "
+              "only the first is upscaled", file=sys.stderr)
+    return loaded
 
 
 def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, device: str, precision: str,
             threads: int | None, quality: int, out_format: str | None = None, tile: str | None = None,
             tile_overlap: int | None = None, batch: int = 1, codec: str = "libx264", crf: int | None = None,
             preset: str | None = None) -> None:
-    from srkit.imageio import load_image
     from srkit.runtime import Upscaler
     from srkit.runtime.video import is_video_path
 
     model_path = resolve_onnx(model)
     up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads,
-                  tile=tile, tile_overlap=tile_overlap)
+                  tile=tile, tile_overlap=tile_overlap, on_note=lambda note: print(f"srkit: {note}", file=sys.stderr))
     if len(inputs) == 1 and is_video_path(inputs[0]):
         _upscale_video(up, Path(inputs[0]), output, codec=codec, crf=crf, preset=preset)
         return
     jobs = plan_outputs(inputs, output, up.scale, out_format)
     all_inputs = [src for src, _ in jobs]
     for _, dst in jobs:
+        check_image_output(dst)
         refuse_overwriting_inputs(dst, all_inputs)
     if len(jobs) == 1:
-        _upscale_one(up, jobs[0], load_image(jobs[0][0]), quality)  # a bad input fails before the model loads
+        loaded = load_input(jobs[0][0])  # a bad input fails before the model loads
+        if not is_single_file(inputs, output):  # a folder that holds one image still gets its output folder
+            _make_output_root(jobs)
+        _upscale_one(up, jobs[0], loaded, quality)
         return
     _make_output_root(jobs)
     failures: list[str] = []
@@ -198,11 +312,12 @@ def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, c
                    preset: str | None) -> None:
     from srkit.runtime.video import VideoOptions, check_encoder, probe, upscale_video
 
-    info = probe(src)  # a corrupt or missing video, or a bad encoder, fails before the model loads
-    check_encoder(codec, crf)
+    info = probe(src)  # a corrupt or missing video, or a bad encoder or container, fails before the model loads
     dst = Path(output) if output else src.with_name(f"{src.stem}_x{up.scale}.mp4")
     if dst.is_dir():
         dst = dst / f"{src.stem}_x{up.scale}.mp4"
+    check_encoder(codec, crf)
+    check_video_output(codec, dst)
     refuse_overwriting_inputs(dst, [src])
     options = VideoOptions(codec=codec, crf=crf, preset=preset)
     total = info.frames or (round(info.duration_s * info.rate) if info.duration_s and info.rate else None)
@@ -220,6 +335,31 @@ def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, c
     echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
          f"({result.output_size[0]}x{result.output_size[1]}{kept}) in {result.seconds:.1f} s "
          f"({result.fps:.1f} frames/s)")
+
+
+VIDEO_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
+
+
+def check_video_output(codec: str, dst: Path) -> None:
+    """A video encoder, in a container that can hold it: checked on an in-memory muxer before any frame."""
+    import io
+
+    from srkit._optional import require
+
+    av = require("av", extra="video", purpose="video")
+    muxer = VIDEO_MUXERS.get(dst.suffix.lower())
+    if muxer is None:
+        raise InputError(f"unsupported video output {dst.suffix!r}; use one of {sorted(VIDEO_MUXERS)}")
+    kind = av.codec.Codec(codec, "w").type
+    if kind != "video":
+        raise InputError(f"--codec {codec} encodes {kind}, not video; use a video encoder such as libx264, libx265, "
+                         "libvpx-vp9")
+    try:
+        with av.open(io.BytesIO(), "w", format=muxer) as probe_sink:
+            probe_sink.add_stream(codec, rate=25)
+    except ValueError as exc:
+        raise InputError(f"{dst}: a {dst.suffix} file cannot hold {codec} video ({exc}); choose another --codec "
+                         "(.webm: libvpx-vp9) or .mkv, which holds any codec") from None
 
 
 def _upscale_one(up: Upscaler, job: tuple[Path, Path], loaded: ImageFile, quality: int) -> None:
@@ -240,13 +380,13 @@ def _upscale_one(up: Upscaler, job: tuple[Path, Path], loaded: ImageFile, qualit
 
 def _upscale_chunk(up: Upscaler, chunk: list[tuple[Path, Path]], quality: int) -> list[tuple[Path, str]]:
     """Upscale and write one batch; same-size images share one model call. Returns the failures."""
-    from srkit.imageio import load_image, write_image
+    from srkit.imageio import write_image
 
     failures: list[tuple[Path, str]] = []
     loaded: list[tuple[Path, Path, ImageFile]] = []
     for src, dst in chunk:
         try:
-            loaded.append((src, dst, load_image(src)))
+            loaded.append((src, dst, load_input(src)))
         except SrkitError as exc:
             failures.append((src, str(exc)))
     groups: dict[tuple[object, ...], list[tuple[Path, Path, ImageFile]]] = {}
@@ -283,16 +423,44 @@ def _make_output_root(jobs: list[tuple[Path, Path]]) -> None:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {root}: {exc.strerror or exc}") from None
-    import os
-
     if not os.access(root, os.W_OK):
         raise InputError(f"cannot write into the output folder {root}")
 
 
 def _common_root(jobs: list[tuple[Path, Path]]) -> Path:
-    import os
-
     return Path(os.path.commonpath([str(dst.parent) for _, dst in jobs]))
+
+
+# ---- sizes -----------------------------------------------------------------------------------------
+def working_set_bytes(width: int, height: int, scale: int, features: int) -> int:
+    """A whole-image model call's memory, roughly: two float32 feature maps at the input size, the float32
+    output and its copy (the same model as `--tile auto` sizes its tiles with)."""
+    return width * height * (4 * 2 * max(features, 1) + 4 * 3 * scale * scale * 2)
+
+
+def refuse_oversized_job(label: str, width: int, height: int, scale: int, *, features: dict | None) -> None:
+    """An untiled size (bench --size, export --static) that cannot fit in this machine's memory is refused
+    before the work, not left to the OOM killer."""
+    from srkit.runtime.tiling import DEFAULT_FEATURES, available_memory_bytes, features_of
+
+    need = working_set_bytes(width, height, scale, features_of(features) if features else DEFAULT_FEATURES)
+    free = available_memory_bytes() or 8 << 30
+    if need > free:
+        raise InputError(f"{label}: a whole {width}x{height} (WxH) input at x{scale} needs about {_gib(need)} of "
+                         f"memory, and {_gib(free)} is free; choose a smaller size")
+
+
+def refuse_oversized_static(source: str, static: tuple[int, int], scale: int | None) -> None:
+    """export --static: the parity gate runs the model at that size, in PyTorch and ONNX Runtime."""
+    from srkit.models import zoo
+
+    entry = zoo.get(source) if zoo.is_bundled(source) else None
+    refuse_oversized_job(f"--static {static[0]}x{static[1]}", static[1], static[0],
+                         scale or (entry.scale if entry else 4), features=entry.params if entry else None)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):,.1f} GiB"
 
 
 # ---- bench -----------------------------------------------------------------------------------------
@@ -314,8 +482,10 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
         from srkit._optional import require
 
         require("matplotlib", extra="bench", purpose="--plot")  # fail before minutes of benchmarking
+    input_size = size_for_output(info, size)
+    refuse_oversized_job(f"--size {size}", *input_size, info.scale, features=info.params)
     config = BenchConfig(model=model_path, backends=resolve_backends(backend.lower()), precision=precision,
-                         input_size=size_for_output(info, size), dataset=Path(dataset) if dataset else None,
+                         input_size=input_size, dataset=Path(dataset) if dataset else None,
                          threads=threads, min_time_s=min_time, peak_min_time_s=min(0.5, min_time),
                          int8_model=Path(int8_model) if int8_model else None,
                          checkpoint=Path(checkpoint) if checkpoint else None, quality=quality,

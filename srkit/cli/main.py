@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -13,7 +17,53 @@ from srkit.errors import SrkitError
 from srkit.meta import Precision
 
 PRECISIONS = click.Choice([p.value for p in Precision], case_sensitive=False)
-BACKENDS = ["auto", "ort", "openvino", "trt", "torch", "ncnn"]
+# More threads than this is a typo, not a setting (100000 ran for minutes at load average 272)
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+THREADS = click.IntRange(1, MAX_THREADS)
+# cpu, cuda, cuda:1, GPU.0, AUTO:GPU,CPU, MULTI:GPU,CPU, HETERO:GPU,CPU: a name, then optional names after ':'
+_DEVICE = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*)?$")
+
+
+class BackendChoice(click.ParamType):
+    """The backend names of srkit.runtime.registry (its one list, its aliases) and `auto`; `all` for bench.
+    Looked up only when an option is parsed, so `srkit --help` does not import the runtime."""
+
+    name = "backend"
+
+    def __init__(self, *extra: str) -> None:
+        self.extra = extra
+
+    def choices(self) -> list[str]:
+        from srkit.runtime import registry
+
+        return [*self.extra, *registry.names(), *registry.ALIASES]
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # ctx: click >= 8.2
+        from srkit.runtime import registry
+
+        return "[" + "|".join([*self.extra, *registry.names()]) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from srkit.runtime import registry
+
+        name = str(value).lower()
+        if name not in self.choices():
+            self.fail(f"{value!r} is not a backend; choose one of: {', '.join([*self.extra, *registry.names()])}",
+                      param, ctx)
+        return registry.ALIASES.get(name, name)
+
+
+def device_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not _DEVICE.match(value):
+        raise click.BadParameter(f"{value!r} is not a device name (e.g. cpu, cuda, cuda:1, GPU.0, AUTO:GPU,CPU)")
+    return value
+
+
+def tile_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # ASCII digits only: '²'.isdigit() is True, and int('²') fails
+    if value is not None and value.strip().lower() != "auto" and not re.fullmatch(r"[0-9]+", value.strip()):
+        raise click.BadParameter(f"takes a size in pixels or 'auto', not {value!r}")
+    return value
 
 
 def parse_hw(value: str | None, flag: str) -> tuple[int, int] | None:
@@ -47,28 +97,33 @@ def zoo(as_json: bool) -> None:
               help="file to write: .onnx, or .param for ncnn (default: SOURCE stem + .onnx)")
 @click.option("--arch", help="architecture, when it cannot be detected (or to confirm it)")
 @click.option("--scale", type=int, help="upscaling factor, when the weights do not say")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset of the exported graph")
 @click.option("--static", "static", metavar="HxW", help="fixed input size instead of dynamic axes")
 @click.option("--no-verify", is_flag=True, help="skip the parity gate (not recommended)")
 @click.option("--fp16", is_flag=True, help="fp16 graph, fp32 I/O; nodes that overflow fp16 stay fp32")
 @click.option("--fp16-io", is_flag=True, help="with --fp16: fp16 inputs and outputs too")
+@click.option("--io", "io", type=click.Choice(["tensor", "rgb8", "gray8", "rgb16"]), default="tensor",
+              show_default=True,
+              help="tensor: float32 NCHW 0-1 (srkit does colour and padding); rgb8/gray8/rgb16: a pipeline model, "
+                   "uint8/uint16 NHWC image in and out, colour, padding and rounding inside the graph")
 @click.option("--format", "out_format", type=click.Choice(["onnx", "ncnn"], case_sensitive=False),
               help="onnx, or ncnn (.param + .bin + .json sidecar, via pnnx) [default: from -o's suffix, else onnx]")
 @click.option("--ncnn-fp32", is_flag=True, help="ncnn: store fp32 weights (default fp16, as ncnn's tools do)")
 def export(source: str, output: str | None, arch: str | None, scale: int | None, opset: int,
-           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool, out_format: str | None,
+           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool, io: str, out_format: str | None,
            ncnn_fp32: bool) -> None:
-    """Export SOURCE (a bundled name or a checkpoint) to ONNX or ncnn and verify it against PyTorch."""
+    """Export SOURCE (a bundled name, a checkpoint, an ncnn .param, or an exported .onnx for --io) to ONNX, or to
+    ncnn (-o NAME.param / --format ncnn), and verify it against PyTorch (a pipeline: against srkit's host path)."""
     from srkit.cli import commands
 
     commands.export(source, output, arch=arch, scale=scale, opset=opset,
                     static=parse_hw(static, "--static"), verify=not no_verify, fp16=fp16 or fp16_io,
-                    fp16_io=fp16_io, out_format=out_format, ncnn_fp32=ncnn_fp32)
+                    fp16_io=fp16_io, io=io, out_format=out_format, ncnn_fp32=ncnn_fp32)
 
 
 @cli.command()
 @click.argument("model")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(model: str, as_json: bool) -> None:
     """Show the srkit metadata of an exported model."""
     from srkit.cli import commands
@@ -80,16 +135,19 @@ def info(model: str, as_json: bool) -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-m", "--model", required=True, help="exported .onnx or a bundled name")
 @click.option("-o", "--output", help="output file (one input) or folder")
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--precision", type=PRECISIONS, default="fp32", show_default=True)
-@click.option("--threads", type=int, help="CPU threads for the backend")
+@click.option("--backend", type=BackendChoice("auto"), default="auto", show_default=True,
+              help="runtime; auto: the first installed one that has the device")
+@click.option("--device", default="cpu", show_default=True, callback=device_name,
+              help="cpu, cuda[:N] (ONNX Runtime, TensorRT), GPU / NPU / AUTO:... (OpenVINO)")
+@click.option("--precision", type=PRECISIONS, default="fp32", show_default=True,
+              help="compute precision; auto: the fastest whose output stays within the parity budget")
+@click.option("--threads", type=THREADS, help="CPU threads for the backend")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="JPEG/WebP quality (WebP 100 = lossless)")
 @click.option("--format", "out_format",
               type=click.Choice(["png", "jpg", "webp", "tiff", "bmp"], case_sensitive=False),
               help="output format for folders (default: each input's own); a file output takes its extension")
-@click.option("--tile", default=None, metavar="N|auto",
+@click.option("--tile", default=None, metavar="N|auto", callback=tile_value,
               help="upscale in N x N tiles (seam-free, bounded memory); auto: sized from a 1 GiB budget")
 @click.option("--tile-overlap", type=click.IntRange(0), default=None, metavar="N",
               help="context pixels per tile side, at least the model's receptive field "
@@ -113,7 +171,8 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
 
 @cli.command()
 @click.option("-m", "--model", required=True, help="exported .onnx or a bundled name")
-@click.option("--backend", default="all", show_default=True, help="ort, openvino, trt, torch, ncnn or all")
+@click.option("--backend", type=BackendChoice("all"), default="all", show_default=True,
+              help="one backend, or all: every installed one")
 @click.option("--precision", type=click.Choice([p.value for p in Precision] + ["all"], case_sensitive=False),
               default="all", show_default=True, help="all: every precision each backend can run the model at")
 @click.option("--size", default="1080p", show_default=True, help="720p/1080p/4k (output) or WxH (input)")
@@ -128,7 +187,7 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
               help="ncnn export of MODEL's network for the ncnn rows (default: MODEL-stem.param or "
               "MODEL-stem-xN.param beside it, if present)")
 @click.option("--no-quality", is_flag=True, help="skip PSNR-Y/SSIM-Y on the dataset (speed and parity only)")
-@click.option("--threads", type=int)
+@click.option("--threads", type=THREADS, help="CPU threads for every backend (default: theirs)")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds of timed calls per figure")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON")
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the results as a Markdown table")
@@ -173,7 +232,7 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
               help="drop: PSNR-Y vs ground truth; parity: vs the fp32 output (default: GAN archs -> parity)")
 @click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="calibration patches")
 @click.option("--patch", type=click.IntRange(1), default=64, show_default=True, help="patch side (LR pixels)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="random seed of the calibration patches")
 def quantize(model: str, calib: str | None, output: str | None, backend: str, method: str | None,
              max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None, samples: int,
              patch: int, seed: int) -> None:
@@ -189,10 +248,48 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point: user errors become one `srkit: error:` line and exit 2; never a traceback for them."""
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread so that everything unwinds as for Ctrl-C: `atomic_path`
+    removes its half-written temp file, temp folders are deleted, video threads are stopped. A BaseException
+    like KeyboardInterrupt, so no `except Exception` swallows it, but not one: click would turn it into Abort."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once, as the sender wants
+    raise Terminated(signum)
+
+
+@contextmanager
+def clean_exit_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP -> Terminated, for the time of one command; handlers are restored afterwards. A signal
+    the parent chose to ignore (nohup) stays ignored, and only the main thread can take handlers."""
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    installed: dict[int, Any] = {}
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="srkit", standalone_mode=False)
+        for signum in wanted:
+            try:
+                if signal.getsignal(signum) is signal.SIG_DFL:
+                    installed[signum] = signal.signal(signum, _terminate)
+            except ValueError:  # not the main thread
+                break
+        yield
+    finally:
+        for signum, previous in installed.items():
+            signal.signal(signum, previous)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors become one `srkit: error:` line and exit 2; never a traceback for them.
+    SIGTERM and SIGHUP end a run like Ctrl-C: temp files removed, one line, exit 128 + the signal number."""
+    try:
+        with clean_exit_on_signals():
+            cli.main(args=list(argv) if argv is not None else None, prog_name="srkit", standalone_mode=False)
+    except Terminated as exc:
+        return _fail(f"terminated by {signal.Signals(exc.signum).name}", 128 + exc.signum)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:

@@ -1,25 +1,28 @@
 """fp32 -> fp16 ONNX conversion that keeps overflowing nodes in fp32, found by measuring on real images.
 
-Why not onnxconverter-common: it is not a dependency, and its known pitfalls (Resize `scales` converted,
-`keep_io_types` breaking topological order: microsoft/onnxconverter-common #208, #306) are exactly what this
-module must avoid. The pass is small when written against the onnx API directly:
+srkit measures and plans; the conversion itself is onnxruntime's (`onnxruntime.transformers.float16`,
+which ships with onnxruntime, so it adds no dependency):
 
 1. Measure: run the fp32 graph in ONNX Runtime on crops of the bundled CC0 photos with an Abs/ReduceMax
    probe on every image-data tensor, and record each tensor's largest |value|.
 2. Plan: a node computing image data stays fp32 when any of its data inputs or outputs reaches
-   `headroom * 65504` (default half the fp16 range), or when its op type is numerically unsafe in fp16.
-   Half the range leaves one binade of margin for images brighter or busier than the calibration crops:
-   an activation that peaks at 20k on our photos can plausibly double on another input, not go 2x further.
-3. Convert: fp16 copies of the initializers the fp16 nodes read, Cast nodes where an fp32 tensor meets an
-   fp16 node (and back), fp32 (or, with `fp16_io`, fp16) graph inputs and outputs. Shape computations
-   (anything fed by Shape/Size) and the non-data inputs of Resize & co. (`roi`, `scales`, `sizes`...) keep
-   their types. The node list is re-sorted topologically at the end.
+   `headroom * 65504` (default half the fp16 range), when it reads a weight beyond the fp16 range, or when
+   its op type is numerically unsafe in fp16. Half the range leaves one binade of margin for images
+   brighter or busier than the calibration crops: an activation that peaks at 20k on our photos can
+   plausibly double on another input, not go 2x further.
+3. Convert: `convert_float_to_float16` with the plan as its `node_block_list`, fp32 (or, with `fp16_io`,
+   fp16) graph inputs and outputs (`keep_io_types`), shape computations blocked too; then srkit removes the
+   fp32 -> fp16 -> fp32 round trips the library puts between blocked nodes, sorts the graph topologically
+   (`OnnxModel.topological_sort`) and runs the full ONNX checker. Its known pitfalls (Resize `scales`,
+   `keep_io_types` breaking topological order: microsoft/onnxconverter-common #208, #306) are tested in
+   tests/test_fp16.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict, deque
+import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +32,13 @@ from srkit import imaging
 from srkit._optional import require
 from srkit.data import held_out_images, sample_image_path
 from srkit.errors import ExportError
+from srkit.meta import ModelInfo
 
 FP16_MAX = 65504.0
 DEFAULT_HEADROOM = 0.5
+# an architecture whose released weights are known to overflow in fp16 (ArchSpec.fp16_safe = False, written
+# as srkit.fp16_safe) keeps two binades of margin instead of one
+UNSAFE_ARCH_HEADROOM = 0.25
 # Input positions that carry shapes, scales or indices, never image data: their type is left alone.
 NON_DATA_INPUTS: dict[str, set[int]] = {
     "Resize": {1, 2, 3}, "Upsample": {1}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4},
@@ -61,6 +68,11 @@ class Fp16Report:
                    "hottest_tensor": self.hottest_tensor, "calibration": self.calibration,
                    "fp16_io": self.fp16_io}
         return {"fp32_nodes": json.dumps(self.fp32_nodes), "fp16": json.dumps(summary, sort_keys=True)}
+
+
+def headroom_for(info: ModelInfo) -> float:
+    """The share of the fp16 range an activation may reach and still run in fp16."""
+    return UNSAFE_ARCH_HEADROOM if info.extra.get("fp16_safe") == "false" else DEFAULT_HEADROOM
 
 
 # ---- calibration images ----------------------------------------------------------------------------
@@ -177,104 +189,99 @@ def plan_fp32_nodes(model: Any, peaks: dict[str, float], threshold: float) -> li
         inputs = [n for pos, n in enumerate(node.input)
                   if n in facts.data_tensors and _is_data_input(node.op_type, pos)]
         touched = inputs + [n for n in node.output if n in facts.data_tensors]
-        if node.op_type in UNSAFE_OPS or any(peaks.get(n, 0.0) > threshold for n in touched):
+        if (node.op_type in UNSAFE_OPS or any(peaks.get(n, 0.0) > threshold for n in touched)
+                or any(_beyond_fp16(facts.initializers[n]) for n in node.input if n in facts.initializers)):
             keep.append(node.name or f"#{index}")
     return keep
 
 
+def _beyond_fp16(initializer: Any) -> bool:
+    """A weight fp16 cannot hold (the converter would clamp it): its node stays fp32."""
+    from onnx import numpy_helper
+
+    array = numpy_helper.to_array(initializer)
+    return bool(array.dtype == np.float32 and np.abs(array).max(initial=0.0) > FP16_MAX)
+
+
 # ---- 3. convert -------------------------------------------------------------------------------------
 def convert(model: Any, fp32_nodes: set[str], *, fp16_io: bool = False) -> Any:
-    """A new ModelProto: data nodes in fp16 except `fp32_nodes`, with the Casts and weights to match."""
+    """A new ModelProto: data nodes in fp16 except `fp32_nodes`, with the Casts and weights to match.
+
+    The conversion is onnxruntime's own (`onnxruntime.transformers.float16`, shipped with onnxruntime); srkit
+    gives it the plan and repairs what it is known to get wrong for these graphs:
+    - shape computations (float nodes that do not compute image data) are blocked, so they keep their types;
+    - Resize keeps its fp32 `scales` (the library's ALWAYS_FLOAT_INPUTS; Constants become initializers first
+      so that holds for them too);
+    - the library joins two blocked nodes (and a kept-fp32 graph input to a blocked node) through a
+      fp32 -> fp16 -> fp32 round trip, which would overflow exactly where a node was kept fp32 for its range:
+      those Cast pairs are removed;
+    - `keep_io_types` appends its Casts at the end of the node list (microsoft/onnxconverter-common #306):
+      the graph is sorted topologically again (`OnnxModel.topological_sort`).
+    """
     onnx = require("onnx")
-    from onnx import helper, numpy_helper
+    require("onnxruntime", extra="ort")
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     src = onnx.ModelProto()
     src.CopyFrom(model)
     _constants_to_initializers(src)
+    _name_nodes(src)
     facts = _facts(src)
-    graph = src.graph
-    nodes = list(graph.node)
-    half = {i for i in facts.data_nodes if (nodes[i].name or f"#{i}") not in fp32_nodes}
-    # the type each data tensor has after conversion
-    now: dict[str, int] = {}
-    for inp in graph.input:
-        if inp.name in facts.data_tensors:
-            now[inp.name] = FLOAT16 if fp16_io else FLOAT
-            if fp16_io:
-                inp.type.tensor_type.elem_type = FLOAT16
-    for i in facts.data_nodes:
-        for out in nodes[i].output:
-            if out in facts.data_tensors:
-                now[out] = FLOAT16 if i in half else FLOAT
-
-    casts: dict[tuple[str, int], str] = {}
-    new_nodes: list[Any] = []
-    fp16_inits: dict[str, str] = {}
-    used_as_fp32: set[str] = set()
-
-    def cast(name: str, to: int) -> str:
-        key = (name, to)
-        if key not in casts:
-            casts[key] = f"{name}__to_{'fp16' if to == FLOAT16 else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to,
-                                              name=f"{name}__cast_{'fp16' if to == FLOAT16 else 'fp32'}"))
-        return casts[key]
-
-    def half_initializer(name: str) -> str:
-        if name not in fp16_inits:
-            array = numpy_helper.to_array(facts.initializers[name])
-            if np.abs(array).max(initial=0.0) > FP16_MAX:
-                raise ExportError(f"initializer {name} holds values beyond the fp16 range")
-            fp16_inits[name] = f"{name}__fp16"
-            graph.initializer.append(numpy_helper.from_array(array.astype(np.float16), fp16_inits[name]))
-        return fp16_inits[name]
-
     data_nodes = set(facts.data_nodes)
-    for i, node in enumerate(nodes):
-        if i not in data_nodes:
-            used_as_fp32.update(n for n in node.input if n in facts.initializers)
-            continue
-        want = FLOAT16 if i in half else FLOAT
-        for pos, name in enumerate(node.input):
-            if not name or not _is_data_input(node.op_type, pos) or name not in facts.float_tensors:
-                if name in facts.initializers:
-                    used_as_fp32.add(name)
-                continue
-            if name in facts.initializers:
-                if want == FLOAT16:
-                    node.input[pos] = half_initializer(name)
-                else:
-                    used_as_fp32.add(name)
-            elif now.get(name, FLOAT) != want:
-                node.input[pos] = cast(name, want)
-        if node.op_type == "Cast" and want == FLOAT16:
-            for attr in node.attribute:
-                if attr.name == "to" and attr.i == FLOAT:
-                    attr.i = FLOAT16
-    # graph outputs: rename the producer's tensor and cast it into the declared name and type
-    for out in graph.output:
-        want = FLOAT16 if fp16_io else FLOAT
-        have = now.get(out.name, FLOAT)
-        if out.name in facts.data_tensors:
-            out.type.tensor_type.elem_type = want
-        if out.name not in facts.data_tensors or have == want:
-            continue
-        inner = f"{out.name}__{'fp16' if have == FLOAT16 else 'fp32'}"
-        for node in nodes:
-            node.output[:] = [inner if o == out.name else o for o in node.output]
-            node.input[:] = [inner if o == out.name else o for o in node.input]
-        for node in new_nodes:
-            node.input[:] = [inner if o == out.name else o for o in node.input]
-        new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=want, name=f"{out.name}__cast_out"))
-    # drop fp32 originals nobody reads any more
-    keep_inits = [init for init in graph.initializer
-                  if init.name not in fp16_inits or init.name in used_as_fp32]
-    del graph.initializer[:]
-    graph.initializer.extend(keep_inits)
-    del graph.value_info[:]  # stale types; ORT and the checker infer them again
-    del graph.node[:]
-    graph.node.extend(_topological(nodes + new_nodes, graph))
-    return src
+    shape_nodes = {node.name for i, node in enumerate(src.graph.node)
+                   if i not in data_nodes and any(out in facts.float_tensors for out in node.output)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the library warns about every value it rounds or clamps
+        half = convert_float_to_float16(
+            src,
+            keep_io_types=not fp16_io,
+            node_block_list=sorted(fp32_nodes | shape_nodes),
+            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | UNSAFE_OPS),
+        )
+    _remove_cast_round_trips(half)
+    OnnxModel(half).topological_sort(is_deterministic=True)
+    return half
+
+
+def _name_nodes(model: Any) -> None:
+    """Unnamed nodes get the name the plan calls them by (`#index`): the block list is by name."""
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"#{index}"
+
+
+def _remove_cast_round_trips(model: Any) -> None:
+    """Cast(fp16 -> fp32) of a Cast(fp32 -> fp16) reads the fp32 original instead; dead Casts are dropped."""
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def cast_to(node: Any) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        first = producer.get(node.input[0]) if cast_to(node) == FLOAT and node.input else None
+        if first is not None and cast_to(first) == FLOAT16 and types.get(first.input[0]) == FLOAT:
+            node.input[0] = first.input[0]  # now an fp32 -> fp32 Cast: exact
+            if node.output[0] not in outputs:  # a graph output keeps its name (and that no-op Cast)
+                rename[node.output[0]] = first.input[0]
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+    while True:  # drop Casts whose output nobody reads any more
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    live = {name for node in graph.node for name in [*node.input, *node.output]} | outputs
+    kept = [v for v in graph.value_info if v.name in live]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
 
 
 def _constants_to_initializers(model: Any) -> None:
@@ -293,35 +300,6 @@ def _constants_to_initializers(model: Any) -> None:
             kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
-
-
-def _topological(nodes: list[Any], graph: Any) -> list[Any]:
-    """Kahn's algorithm, stable in the original order (the Casts added at the end move up)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
-    waiting: dict[int, set[int]] = {}
-    consumers: dict[int, list[int]] = defaultdict(list)
-    for index, node in enumerate(nodes):
-        deps = {producer[n] for n in node.input if n not in available and n in producer}
-        missing = [n for n in node.input if n not in available and n not in producer]
-        if missing:
-            raise ExportError(f"fp16 conversion left {node.name or node.op_type} reading unknown {missing}")
-        waiting[index] = deps
-        for dep in deps:
-            consumers[dep].append(index)
-    ready = deque(sorted(i for i, deps in waiting.items() if not deps))
-    order = []
-    while ready:
-        index = ready.popleft()
-        order.append(index)
-        for nxt in consumers[index]:
-            waiting[nxt].discard(index)
-            if not waiting[nxt]:
-                ready.append(nxt)
-        ready = deque(sorted(ready))
-    if len(order) != len(nodes):
-        raise ExportError("fp16 conversion produced a cycle in the graph")
-    return [nodes[i] for i in order]
 
 
 # ---- the pass ---------------------------------------------------------------------------------------

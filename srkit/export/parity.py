@@ -1,4 +1,4 @@
-"""The parity gates: ONNX Runtime (and ncnn) against PyTorch fp32 on real image content at unrelated shapes."""
+"""The parity gate: ONNX Runtime against PyTorch fp32 on real image content at unrelated shapes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from srkit import imaging
 from srkit._optional import require
 from srkit.data import held_out_images
 from srkit.errors import ParityError
+from srkit.quality import FP32_EXPORT_MAX_ABS, Gate, psnr_from_mse
 
 # (batch, height, width) before rounding to the model's size multiple: non-square, odd, unrelated
 DEFAULT_SHAPES = ((1, 37, 53), (2, 48, 31), (1, 71, 90))
@@ -69,7 +70,7 @@ def run_gate(
     channels: int,
     size_multiple: int,
     static: tuple[int, int] | None,
-    max_abs: float | None = 1e-4,
+    max_abs: float | None = FP32_EXPORT_MAX_ABS,
     min_psnr: float | None = None,
 ) -> ParityReport:
     """Compare ORT (CPU EP) with the torch module; raise ParityError with the numbers if the gate fails."""
@@ -79,7 +80,8 @@ def run_gate(
     name = session.get_inputs()[0].name
     # an fp16-I/O model (export --fp16-io) takes float16; the reference still sees the fp32 crop
     feed = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=_gate_text(max_abs, min_psnr))
+    gate = Gate(min_psnr_db=min_psnr, max_abs=max_abs)
+    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=str(gate))
     worst_mse = 0.0
     for i, shape in enumerate(gate_shapes(size_multiple, static)):
         x = real_inputs(shape, channels, seed=i)
@@ -88,38 +90,16 @@ def run_gate(
         out = np.asarray(session.run(None, {name: x.astype(feed)})[0], dtype=np.float32)
         if out.shape != ref.shape:
             raise ParityError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
-        worst_mse = max(worst_mse, _accumulate(report, x, out, ref))
-    return _conclude(report, worst_mse, max_abs=max_abs, min_psnr=min_psnr)
-
-
-def _gate_text(max_abs: float | None, min_psnr: float | None) -> str:
-    return " and ".join(
-        g for g in (f"max_abs<={max_abs:g}" if max_abs is not None else "",
-                    f"psnr>={min_psnr:g}dB" if min_psnr is not None else "") if g
-    )
-
-
-def _accumulate(report: ParityReport, x: np.ndarray, out: np.ndarray, ref: np.ndarray) -> float:
-    """Add one shape's numbers to the report; returns its mean squared error."""
-    report.shapes.append(list(x.shape))
-    report.nonfinite += int((~np.isfinite(out)).sum())
-    diff = np.abs(out.astype(np.float64) - ref)
-    report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
-    return float(np.nanmean(diff**2))
-
-
-def _conclude(
-    report: ParityReport, worst_mse: float, *, max_abs: float | None, min_psnr: float | None
-) -> ParityReport:
-    report.psnr_db = math.inf if worst_mse == 0 else 10 * math.log10(1.0 / worst_mse)
-    report.passed = (
-        report.nonfinite == 0
-        and (max_abs is None or report.max_abs <= max_abs)
-        and (min_psnr is None or report.psnr_db >= min_psnr)
-    )
+        report.shapes.append(list(x.shape))
+        report.nonfinite += int((~np.isfinite(out)).sum())
+        diff = np.abs(out.astype(np.float64) - ref)
+        report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
+        worst_mse = max(worst_mse, float(np.nanmean(diff**2)))
+    report.psnr_db = psnr_from_mse(worst_mse)
+    report.passed = gate.passes(report.psnr_db, report.max_abs, report.nonfinite)
     if not report.passed:
         raise ParityError(
-            f"parity gate failed ({report.gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
+            f"parity gate failed ({gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
             f"{report.nonfinite} non-finite values, shapes {report.shapes}"
         )
     return report
@@ -135,11 +115,11 @@ def run_ncnn_gate(
     static: tuple[int, int] | None,
     input_blob: str,
     output_blob: str,
-    max_abs: float | None = 1e-4,
+    max_abs: float | None = FP32_EXPORT_MAX_ABS,
     min_psnr: float | None = None,
 ) -> ParityReport:
-    """The `ncnn` package on the CPU, in fp32 arithmetic, against the torch module (one image per extractor:
-    ncnn has no batch axis); raise ParityError with the numbers if the gate fails."""
+    """The `ncnn` package on the CPU, in fp32 arithmetic, against the torch module at the same shapes as the ONNX
+    gate (one image per extractor: ncnn has no batch axis); raise ParityError with the numbers if it fails."""
     ncnn = require("ncnn", extra="ncnn")
     torch = require("torch")
     net = ncnn.Net()
@@ -150,7 +130,8 @@ def run_ncnn_gate(
             setattr(net.opt, option, False)
     if net.load_param(str(param_path)) != 0 or net.load_model(str(bin_path)) != 0:
         raise ParityError(f"ncnn could not load the exported {param_path.name} / {bin_path.name}")
-    report = ParityReport(backend=f"ncnn {ncnn.__version__} CPU fp32", gate=_gate_text(max_abs, min_psnr))
+    gate = Gate(min_psnr_db=min_psnr, max_abs=max_abs)
+    report = ParityReport(backend=f"ncnn {ncnn.__version__} CPU fp32", gate=str(gate))
     worst_mse = 0.0
     try:
         for i, shape in enumerate(gate_shapes(size_multiple, static)):
@@ -160,10 +141,21 @@ def run_ncnn_gate(
             out = np.stack([ncnn_forward(net, item, input_blob, output_blob) for item in x])
             if out.shape != ref.shape:
                 raise ParityError(f"ncnn output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
-            worst_mse = max(worst_mse, _accumulate(report, x, out, ref))
+            report.shapes.append(list(x.shape))
+            report.nonfinite += int((~np.isfinite(out)).sum())
+            diff = np.abs(out.astype(np.float64) - ref)
+            report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
+            worst_mse = max(worst_mse, float(np.nanmean(diff**2)))
     finally:
         net.clear()
-    return _conclude(report, worst_mse, max_abs=max_abs, min_psnr=min_psnr)
+    report.psnr_db = psnr_from_mse(worst_mse)
+    report.passed = gate.passes(report.psnr_db, report.max_abs, report.nonfinite)
+    if not report.passed:
+        raise ParityError(
+            f"parity gate failed ({gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
+            f"{report.nonfinite} non-finite values, shapes {report.shapes}"
+        )
+    return report
 
 
 def ncnn_forward(net: Any, chw: np.ndarray, input_blob: str, output_blob: str) -> np.ndarray:

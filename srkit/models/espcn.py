@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.util import conv_shape
 
 
 class ESPCN(nn.Module):
@@ -57,6 +58,7 @@ SPEC = ArchSpec(
     scales=(2, 3, 4, 8),
     build=build,
     detect=detect,
+    feature_width=lambda p: int(p["feat"]),
     receptive_field=4,
     defaults={"in_channels": 1, "feat": 64, "feat2": 32},
 )

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.util import conv_shape
 
 
 class FSRCNN(nn.Module):
@@ -50,6 +51,7 @@ SPEC = ArchSpec(
     scales=(2, 3, 4),
     build=build,
     detect=detect,
+    feature_width=lambda p: int(p["d"]),
     receptive_field=8,
     scale_in_weights=False,
     defaults={"in_channels": 1, "d": 56, "s": 12, "m": 4},

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from srkit.models.util import max_index
+
 StateDict = dict[str, Any]
 
 
@@ -66,13 +68,8 @@ def _esrgan_sequential(sd: StateDict) -> StateDict:
     return _rename(sd, rules)
 
 
-def _last_index(sd: StateDict, pattern: str) -> int | None:
-    found = [int(m.group(1)) for k in sd if (m := re.match(pattern, k))]
-    return max(found) if found else None
-
-
 def _edsr_original(sd: StateDict) -> StateDict:
-    trunk = _last_index(sd, r"^body\.(\d+)\.weight$")
+    trunk = max_index(sd, r"^body\.(\d+)\.weight$")
     if trunk is None:  # not EDSR-PyTorch after all: leave it for detection to refuse
         return sd
     return _rename(sd, [
@@ -91,8 +88,8 @@ def _attention(m: re.Match[str]) -> str:
 
 
 def _rcan_original(sd: StateDict) -> StateDict:
-    trunk = _last_index(sd, r"^body\.(\d+)\.weight$")
-    group_conv = _last_index(sd, r"^body\.0\.body\.(\d+)\.weight$")
+    trunk = max_index(sd, r"^body\.(\d+)\.weight$")
+    group_conv = max_index(sd, r"^body\.0\.body\.(\d+)\.weight$")
     if trunk is None or group_conv is None:
         return sd
     return _rename(sd, [

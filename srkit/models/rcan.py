@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
-from srkit.models.edsr import MeanShift, Upsample, max_index, upsample_scale
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.blocks import MeanShift, Upsample
+from srkit.models.util import conv_shape, max_index, upsample_scale
 
 
 class ChannelAttention(nn.Module):
@@ -128,6 +129,7 @@ SPEC = ArchSpec(
     build=build,
     detect=detect,
     receptive_field=32,  # convolutional part only; see the module docstring about channel attention
+    global_context=True,  # channel attention pools over the whole image: tiled output only approximates
     defaults={"in_channels": 3, "out_channels": 3, "num_feat": 64, "num_group": 10, "num_block": 20,
               "squeeze_factor": 16, "res_scale": 1.0},
 )

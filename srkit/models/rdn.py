@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
-from srkit.models.edsr import max_index
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.util import conv_shape, max_index
 
 
 class DenseLayer(nn.Module):
@@ -121,6 +121,7 @@ SPEC = ArchSpec(
     scales=(2, 3, 4),
     build=build,
     detect=detect,
+    feature_width=lambda p: int(p["num_features"]),
     receptive_field=32,  # D*(C+1) + 4 convs in theory (>100); 32 LR pixels of overlap bounds the tiling cost
     defaults={"in_channels": 3, "num_features": 64, "growth_rate": 64, "num_blocks": 16, "num_layers": 8},
 )

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.util import conv_shape
 
 # pixel-unshuffle factor in front of conv_first, by scale (the body always upsamples x4)
 UNSHUFFLE = {4: 1, 2: 2, 1: 4}
@@ -69,8 +70,6 @@ class RRDBNet(nn.Module):
             raise ValueError(f"RRDBNet supports scales {sorted(UNSHUFFLE)}, not {scale}")
         self.scale = scale
         self.unshuffle = UNSHUFFLE[scale]
-        # the runtime pads inputs to this multiple (read by the exporter into srkit.size_multiple)
-        self.size_multiple = self.unshuffle
         self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -88,6 +87,11 @@ class RRDBNet(nn.Module):
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+def size_multiple(p: Params) -> int:
+    """x2 / x1 start with a pixel-unshuffle by 2 / 4: the runtime pads inputs to that multiple."""
+    return UNSHUFFLE[int(p["scale"])]
 
 
 def build(p: Params) -> RRDBNet:
@@ -130,7 +134,9 @@ SPEC = ArchSpec(
     scales=(1, 2, 4),
     build=build,
     detect=detect,
-    size_multiple=1,  # x4; the x2/x1 modules carry their own (2/4) as `size_multiple`
+    size_multiple=size_multiple,
+    gan_trained=True,
+    fp16_safe=False,  # fp16 overflow to NaN reported for released weights (xinntao/Real-ESRGAN #632, #330)
     # The theoretical field of 23 blocks is ~350 LR pixels, but the effective one decays fast: Real-ESRGAN's
     # own tiled inference pads tiles by 10 px. 32 keeps seams invisible at a bounded tiling cost.
     receptive_field=32,

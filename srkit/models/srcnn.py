@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.util import conv_shape
 
 
 class SRCNN(nn.Module):
@@ -54,6 +55,7 @@ SPEC = ArchSpec(
     scales=(2, 3, 4),
     build=build,
     detect=detect,
+    feature_width=lambda p: int(p["f1"]),
     receptive_field=8,  # 16 HR pixels across / scale, rounded up generously
     scale_in_weights=False,
     defaults={"in_channels": 1, "f1": 64, "f2": 32, "residual": False},

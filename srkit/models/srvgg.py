@@ -111,6 +111,7 @@ SPEC = ArchSpec(
     scales=(1, 2, 3, 4),
     build=build,
     detect=detect,
+    gan_trained=True,
     receptive_field=18,  # num_conv + 2 stacked 3x3 convs in LR space: 18 for the released 16-conv models
     defaults={"in_channels": 3, "out_channels": 3, "num_feat": 64, "num_conv": 16, "act_type": "prelu"},
 )

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict, conv_shape
-from srkit.models.edsr import max_index
+from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.util import conv_shape, max_index
 
 
 class ConvReLU(nn.Module):

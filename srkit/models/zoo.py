@@ -30,6 +30,11 @@ class ZooEntry:
     def psnr_gain_db(self) -> float | None:
         return self.record.get("validation", {}).get("gain_db")
 
+    @property
+    def baselines_psnr_y(self) -> dict[str, float]:
+        """PSNR-Y of the classical upscalers (nearest, bilinear, bicubic, lanczos) on the same held-out photos."""
+        return dict(self.record.get("validation", {}).get("baselines_psnr_y", {}))
+
 
 def weights_dir() -> Path:
     return Path(str(resources.files("srkit.models").joinpath("weights")))

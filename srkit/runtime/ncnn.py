@@ -18,13 +18,15 @@ axis: an N-image batch is N extractor runs.
 from __future__ import annotations
 
 import ctypes.util
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError, UnsupportedModelError
-from srkit.meta import Precision
+from srkit.meta import ModelInfo, Precision
 from srkit.ncnn_meta import blob_names, read_layers
 from srkit.runtime.base import Backend
 
@@ -50,10 +52,24 @@ class NcnnBackend(Backend):
     name = "ncnn"
     title = "ncnn"
     module_name = "ncnn"
+    thread_safe: ClassVar[bool] = True  # one Net, one Extractor per image and call
 
     @classmethod
     def devices(cls) -> list[str]:
         return ["cpu"] + (["vulkan"] if vulkan_gpu_count() > 0 else [])
+
+    @classmethod
+    def precision_candidates(
+        cls, device: str, model_precision: Precision, capabilities: Sequence[str] = ()
+    ) -> list[Precision]:
+        """fp32 arithmetic, and fp16 on a Vulkan GPU (where ncnn's apps run it); whatever the weights' storage."""
+        return [Precision.FP32, Precision.FP16] if device.lower().startswith("vulkan") else [Precision.FP32]
+
+    @classmethod
+    def bench_precisions(
+        cls, device: str, info: ModelInfo, int8: Path | None, capabilities: set[str]
+    ) -> list[tuple[str, Path | None]]:
+        return [(p.value, None) for p in cls.precision_candidates(device, info.precision, sorted(capabilities))]
 
     def _gpu_index(self) -> int | None:
         """None for the CPU, the Vulkan device index for `vulkan` / `vulkan:N`."""

@@ -3,6 +3,8 @@ OpenVINO otherwise runs bf16 by default (openvino #19355), which would silently 
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,8 @@ import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Precision
+from srkit.meta import Io, ModelInfo, Precision
+from srkit.pipeline import INPUT_NAME as PIPELINE_INPUT
 from srkit.runtime.base import Backend
 
 HINTS = {Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16"}
@@ -29,15 +32,99 @@ def performance_hint(extra: dict[str, Any]) -> str:
     return hint
 
 
+class _Compiled:
+    """A compiled model and a pool of its idle infer requests. An InferRequest runs one call at a time
+    ("Infer Request is busy", or another thread's output): each call takes an idle request, or makes one
+    when all are busy in other threads, and gives it back afterwards."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.idle.put(compiled.create_infer_request())
+        self.outputs = len(compiled.outputs)
+        self.input_names = [i.get_any_name() for i in compiled.inputs]
+
+    def run(self, inputs: dict[Any, np.ndarray]) -> list[np.ndarray]:
+        try:
+            request = self.idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer(inputs)
+            # copied before the request goes back to the pool, where the next call overwrites its buffers
+            return [np.array(request.get_output_tensor(i).data, copy=True) for i in range(self.outputs)]
+        finally:
+            self.idle.put(request)
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     title = "OpenVINO"
     module_name = "openvino"
+    thread_safe = True  # a pool of infer requests (_Compiled)
+    runs_pipelines = True
 
     @classmethod
     def devices(cls) -> list[str]:
         ov = require("openvino", extra="openvino")
         return [d.lower() for d in ov.Core().available_devices] + ["auto"]
+
+    @classmethod
+    def capabilities(cls, device: str) -> list[str]:
+        ov = require("openvino", extra="openvino")
+        core = ov.Core()
+        name = device.upper().split(".")[0]
+        if name.startswith("AUTO"):  # AUTO / AUTO:CPU run on the CPU here; AUTO:GPU,... names its first
+            name = (name.partition(":")[2].split(",")[0] or "CPU").split(".")[0]
+        if name not in {d.split(".")[0] for d in core.available_devices}:
+            return []
+        return [str(c) for c in core.get_property(name, "OPTIMIZATION_CAPABILITIES")]
+
+    @classmethod
+    def precision_candidates(
+        cls, device: str, model_precision: Precision, capabilities: Sequence[str] = ()
+    ) -> list[Precision]:
+        """fp32, then bf16/f16 where the CPU computes them natively (GPUs and NPUs compute f16)."""
+        if model_precision != Precision.FP32:
+            return [model_precision]
+        caps = {c.upper() for c in capabilities}
+        found = [Precision.FP32]
+        if device.lower().startswith(("cpu", "auto")):
+            return found + [p for p, cap in ((Precision.BF16, "BF16"), (Precision.FP16, "FP16")) if cap in caps]
+        return [*found, Precision.FP16]
+
+    @classmethod
+    def graph_call(
+        cls, path: Path, x: np.ndarray, *, precision: str, device: str, threads: int | None
+    ) -> Callable[[], object]:
+        ov = require("openvino", extra="openvino")
+        hints = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hints.get(precision, "f32")}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        request = ov.Core().compile_model(str(path), device.upper(), config).create_infer_request()
+        return lambda: request.infer({0: x})
+
+    @classmethod
+    def bench_devices(cls) -> list[str]:
+        return [d for d in cls.devices() if d.split(".")[0] in ("cpu", "gpu")]  # AUTO is left to explicit runs
+
+    @classmethod
+    def bench_precisions(
+        cls, device: str, info: ModelInfo, int8: Path | None, capabilities: set[str]
+    ) -> list[tuple[str, Path | None]]:
+        """fp32 and the inference precisions the device offers; the int8 model, with its float layers at bf16
+        too where the CPU has it (reported as int8+bf16)."""
+        out: list[tuple[str, Path | None]] = [("fp32", None)]
+        if device == "cpu":
+            out += [(p, None) for p, cap in (("bf16", "BF16"), ("fp16", "FP16")) if cap in capabilities]
+        else:
+            out.append(("fp16", None))
+        if int8:
+            out.append(("int8", int8))
+            if device == "cpu" and "BF16" in capabilities:
+                out.append(("bf16", int8))
+        return out
 
     def _device(self, core: Any) -> str:
         device = self.options.device.upper()
@@ -81,14 +168,38 @@ class OpenVINOBackend(Backend):
         ov = require("openvino", extra="openvino")
         core = ov.Core()
         device = self._device(core)
-        model = core.read_model(str(self.model_path))
         config = self._config(core, device)
-        self.compiled = core.compile_model(model, device, config)
-        self.request = self.compiled.create_infer_request()
+        self.stages: list[_Compiled] = []
+        if self.info.io != Io.TENSOR and config["INFERENCE_PRECISION_HINT"] != "f32":
+            self.stages = self._compile_in_stages(core, device, config)
+            self.compiled = self.stages[1].compiled
+        else:
+            model = core.read_model(self.graph if self.graph is not None else str(self.model_path))
+            self.compiled = core.compile_model(model, device, config)
+            self.stages = [_Compiled(self.compiled)]
         self.ran_device = device
         self.ran_precision = self._compiled_property("INFERENCE_PRECISION_HINT", config)
         self.ran_hint = self._compiled_property("PERFORMANCE_HINT", config).upper()
         self.execution_devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
+
+    def _compile_in_stages(self, core: Any, device: str, config: dict[str, Any]) -> list[_Compiled]:
+        """A pipeline at a lowered precision: the bf16/f16 hint would lower the colour matrices and the chroma
+        filter too (every Convolution; this CPU plugin honours no per-node opt-out), costing ~35 dB of match
+        with the host path. So pre and post run as their own fp32 models and only the model at the hint."""
+        from srkit.pipeline import split
+
+        if self.graph is None:
+            raise InputError("a pipeline model file runs at fp32 on OpenVINO; for bf16 give the tensor model")
+        import onnx
+
+        stages = split(onnx.load_from_string(self.graph))
+        self.stage_names = (stages.model_output,)
+        fp32 = {**config, "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = []
+        for part, part_config in ((stages.pre, fp32), (stages.model, config), (stages.post, fp32)):
+            model = core.read_model(part.SerializeToString())
+            compiled.append(_Compiled(core.compile_model(model, device, part_config)))
+        return compiled
 
     def _compiled_property(self, name: str, config: dict[str, Any]) -> str:
         """What the compiled model reports; AUTO/MULTI do not expose every property, so then what was set."""
@@ -100,11 +211,18 @@ class OpenVINOBackend(Backend):
         return text.split(".")[-1].lower() if name == "INFERENCE_PRECISION_HINT" else text.split(".")[-1]
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        self.request.infer({0: x})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        if len(self.stages) == 3:
+            pre, model, post = self.stages
+            (model_in,) = pre.run({0: x})
+            (model_out,) = model.run({0: model_in})
+            # post takes the model's output and, where it needs it (chroma, the crop's size), the image
+            feeds = {self.stage_names[0]: model_out, PIPELINE_INPUT: x}
+            return post.run({name: feeds[name] for name in post.input_names})[0]
+        out = self.stages[0].run({0: x})[0]
+        return out.astype(np.float32, copy=False) if self.info.io == Io.TENSOR else out
 
     def _close(self) -> None:
-        del self.request, self.compiled
+        del self.stages, self.compiled
 
     def describe(self) -> dict[str, Any]:
         ran = getattr(self, "ran_precision", None)

@@ -22,9 +22,9 @@ import numpy as np
 from srkit import imaging
 from srkit.errors import InputError
 from srkit.meta import Color, ModelInfo, Precision
+from srkit.quality import FLOAT_GATE_DB, parity
 from srkit.runtime.base import Backend, BackendOptions
 
-PARITY_GATE_DB = 40.0
 # a candidate must beat fp32 by this factor: on a busy machine smaller differences are timing noise
 MIN_SPEEDUP = 1.10
 CROP = 96  # low-resolution pixels per side of each measurement crop
@@ -45,7 +45,7 @@ class PrecisionChoice:
     chosen: Precision
     trials: tuple[Trial, ...]
     reason: str
-    gate_db: float = PARITY_GATE_DB
+    gate_db: float = FLOAT_GATE_DB
 
     def summary(self) -> str:
         return f"precision auto -> {self.chosen.value}: {self.reason}"
@@ -72,28 +72,15 @@ class PrecisionChoice:
 def candidates(
     backend: str, device: str, model_precision: Precision, capabilities: Sequence[str] = ()
 ) -> list[Precision]:
-    """The precisions worth measuring, fp32 (the reference) first. `capabilities`: what the device says it
-    computes natively (OpenVINO's OPTIMIZATION_CAPABILITIES, e.g. ["FP32", "BF16", "INT8"])."""
-    caps = {c.upper() for c in capabilities}
-    device = device.lower()
-    if model_precision != Precision.FP32 or backend in ("ort", "trt"):
-        return [model_precision]  # the model fixes its precision; there is nothing to choose
-    if backend == "openvino":
-        found = [Precision.FP32]
-        if device.startswith(("cpu", "auto")):
-            found += [p for p, cap in ((Precision.BF16, "BF16"), (Precision.FP16, "FP16")) if cap in caps]
-        else:  # GPU/NPU compute in f16 natively
-            found.append(Precision.FP16)
-        return found
-    if backend == "torch":
-        if device.startswith("cuda"):
-            return [Precision.FP32, Precision.FP16, Precision.BF16]
-        return [Precision.FP32, Precision.BF16] if "BF16" in caps else [Precision.FP32]
-    return [Precision.FP32]
+    """The precisions worth measuring, fp32 (the reference) first: the backend's own answer
+    (`Backend.precision_candidates`). `capabilities`: what the device says it computes natively."""
+    from srkit.runtime import registry
+
+    return registry.backend_class(backend).precision_candidates(device, model_precision, capabilities)
 
 
 def choose(
-    trials: Sequence[Trial], *, gate_db: float = PARITY_GATE_DB, min_speedup: float = MIN_SPEEDUP
+    trials: Sequence[Trial], *, gate_db: float = FLOAT_GATE_DB, min_speedup: float = MIN_SPEEDUP
 ) -> PrecisionChoice:
     """The fastest trial that ran, produced finite output and kept parity >= gate_db; fp32 unless another is
     at least `min_speedup` times faster."""
@@ -134,14 +121,6 @@ def _why_not(t: Trial, ref: Trial, gate_db: float, min_speedup: float) -> str:
     if t.parity_db < gate_db:
         return f"{name} parity {t.parity_db:.1f} dB < {gate_db:g} dB"
     return f"{name} only {ref.seconds / t.seconds:.2f}x the speed of fp32 (needs {min_speedup:.2f}x)"
-
-
-def psnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    """PSNR of two 0-1 outputs, clipped to the displayable range first (as the images would be)."""
-    a = np.clip(reference.astype(np.float64), 0.0, 1.0)
-    b = np.clip(other.astype(np.float64), 0.0, 1.0)
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0.0 else 10.0 * float(np.log10(1.0 / mse))
 
 
 # ---- measuring -------------------------------------------------------------------------------------
@@ -200,37 +179,20 @@ def run_trials(
         finite = all(bool(np.isfinite(o).all()) for o in outputs)
         if reference is None:
             reference = outputs
-            parity = float("inf")
+            parity_db = float("inf")
         else:
-            parity = min(psnr_db(r, o) for r, o in zip(reference, outputs, strict=True)) if finite else -1.0
-        trials.append(Trial(precision, seconds, parity, finite))
+            # clipped to the displayable range first, as the images would be written
+            worst = min(parity(o, r, clip=True)[0] for r, o in zip(reference, outputs, strict=True))
+            parity_db = worst if finite else -1.0
+        trials.append(Trial(precision, seconds, parity_db, finite))
     return trials
 
 
 def device_capabilities(backend: str, device: str) -> list[str]:
-    """What the device computes natively, as the backend reports it."""
-    if backend == "openvino":
-        from srkit._optional import require
+    """What the device computes natively, as the backend reports it (`Backend.capabilities`)."""
+    from srkit.runtime import registry
 
-        ov = require("openvino", extra="openvino")
-        core = ov.Core()
-        name = device.upper().split(".")[0]
-        if name.startswith("AUTO"):  # AUTO / AUTO:CPU run on the CPU here; AUTO:GPU,... names its first
-            name = (name.partition(":")[2].split(",")[0] or "CPU").split(".")[0]
-        if name not in {d.split(".")[0] for d in core.available_devices}:
-            return []
-        return [str(c) for c in core.get_property(name, "OPTIMIZATION_CAPABILITIES")]
-    if backend == "torch" and device.lower() == "cpu":
-        return ["BF16"] if _cpu_has_bf16() else []
-    return []
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return registry.backend_class(backend).capabilities(device)
 
 
 _CACHE: dict[tuple[str, int, int, str, str, int | None], PrecisionChoice] = {}
@@ -310,6 +272,10 @@ class AutoPrecisionBackend(Backend):
     def _close(self) -> None:
         if self.inner is not None:
             self.inner.close()
+
+    def timed_call(self, x: np.ndarray) -> tuple[Callable[[], object], str] | None:
+        assert self.inner is not None
+        return self.inner.timed_call(x)
 
     def describe(self) -> dict[str, Any]:
         if self.inner is None:

@@ -420,6 +420,10 @@ class TensorRTBackend(Backend):
         self.engine_source = "built"
         return data
 
+    def probe_input(self) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
+        """The scale probe must lie inside the engine's optimization profile: its smallest shape."""
+        return np.full(self.trt_profile.min, 0.5, np.float32)
+
     def _infer(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
         torch = self.torch
         check_in_profile(self.trt_profile, x.shape)

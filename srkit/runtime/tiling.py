@@ -29,19 +29,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from srkit import imaging
 from srkit.errors import InputError
+from srkit.meta import ModelInfo, feature_width, tiling_is_exact
 
 DEFAULT_BUDGET_BYTES = 1 << 30
 MIN_AUTO_TILE = 64
 MAX_AUTO_TILE = 2048
-# hyperparameter names that hold a network's feature width, across the registered architectures
-FEATURE_KEYS = ("num_feat", "feat", "nf", "n_feats", "num_features", "f1", "d", "G0", "channels")
+# the feature width assumed for a model exported before srkit.features, unless its params name `num_feat`
 DEFAULT_FEATURES = 64
 
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -91,9 +92,39 @@ def parse_tile(value: int | str | tuple[int, int] | None) -> int | str | tuple[i
     return int(value) or None
 
 
-def features_of(params: dict[str, object]) -> int:
-    widths = [int(v) for k, v in params.items() if k in FEATURE_KEYS and isinstance(v, int | float)]
-    return max(widths, default=DEFAULT_FEATURES)
+class ApproximateTilingWarning(UserWarning):
+    """Tiling a model with global context (RCAN's channel attention): tiled output only approximates."""
+
+
+def features_of(info: ModelInfo | Mapping[str, object]) -> int:
+    """The model's feature width, as its export recorded it (srkit.features).
+
+    Models exported before that key: BasicSR's `num_feat` from their params, else DEFAULT_FEATURES. (A bare
+    params mapping is accepted as such a model's params.)"""
+    if isinstance(info, ModelInfo):
+        recorded = feature_width(info)
+        if recorded is not None:
+            return recorded
+        params: Mapping[str, object] = info.params
+    else:
+        params = info
+    legacy = params.get("num_feat")
+    return int(legacy) if isinstance(legacy, int | float) else DEFAULT_FEATURES
+
+
+def approximation_note(info: ModelInfo) -> str | None:
+    """Why tiling this model is not exact, or None when tiled == untiled (every architecture but RCAN)."""
+    if tiling_is_exact(info):
+        return None
+    return (f"{info.arch} sees the whole image (global context, e.g. channel attention): tiled output "
+            "approximates the untiled one; use a larger --tile to get closer")
+
+
+def warn_if_approximate(info: ModelInfo) -> None:
+    """The runtime calls this when it tiles: a model with global context gets one warning."""
+    note = approximation_note(info)
+    if note is not None:
+        warnings.warn(note, ApproximateTilingWarning, stacklevel=3)
 
 
 def available_memory_bytes() -> int | None:

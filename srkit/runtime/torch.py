@@ -6,6 +6,7 @@ pass `checkpoint=` (its sha256 must match `srkit.source_sha256`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Precision
+from srkit.meta import ModelInfo, Precision
 from srkit.runtime.base import Backend
 
 
@@ -26,6 +27,75 @@ class TorchBackend(Backend):
     def devices(cls) -> list[str]:
         torch = require("torch", extra="export")
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    @classmethod
+    def capabilities(cls, device: str) -> list[str]:
+        if device.lower() != "cpu":
+            return []
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+        return ["BF16"] if any(flag in flags for flag in ("avx512_bf16", "amx_bf16")) else []
+
+    @classmethod
+    def precision_candidates(
+        cls, device: str, model_precision: Precision, capabilities: Sequence[str] = ()
+    ) -> list[Precision]:
+        if model_precision != Precision.FP32:
+            return [model_precision]
+        if device.lower().startswith("cuda"):
+            return [Precision.FP32, Precision.FP16, Precision.BF16]
+        return [Precision.FP32, Precision.BF16] if "BF16" in {c.upper() for c in capabilities} else [Precision.FP32]
+
+    @classmethod
+    def bench_precisions(
+        cls, device: str, info: ModelInfo, int8: Path | None, capabilities: set[str]
+    ) -> list[tuple[str, Path | None]]:
+        """The PyTorch reference: fp32, and the half precision of the device (eager bf16 on a CPU)."""
+        return [("fp32", None), ("fp16" if device == "cuda" else "bf16", None)]
+
+    @classmethod
+    def native_peak_calls(
+        cls, precision: str, device: str, threads: int | None
+    ) -> dict[str, tuple[Callable[[], object], float]] | None:
+        """A large 3x3 convolution and a large matmul in eager PyTorch at `precision`."""
+        torch = require("torch", extra="export")
+        if threads:
+            torch.set_num_threads(int(threads))
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        dev = torch.device(device)
+        c, h, w, n = 128, 128, 128, 1024  # the size of the roofline's ONNX probes (bench/roofline.py)
+        x = torch.rand(1, c, h, w, device=dev, dtype=dtype)
+        wt = torch.randn(c, c, 3, 3, device=dev, dtype=dtype) * 0.05
+        a = torch.rand(n, n, device=dev, dtype=dtype)
+        b = torch.rand(n, n, device=dev, dtype=dtype)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+        def conv() -> None:
+            with torch.inference_mode():
+                torch.nn.functional.conv2d(x, wt, padding=1)
+            sync()
+
+        def matmul() -> None:
+            with torch.inference_mode():
+                torch.matmul(a, b)
+            sync()
+
+        return {f"conv3x3 {c}ch {w}x{h}": (conv, 2.0 * c * c * 9 * h * w), f"matmul {n}^3": (matmul, 2.0 * n**3)}
+
+    def timed_call(self, x: np.ndarray) -> tuple[Callable[[], object], str] | None:
+        if self.device.type != "cuda":
+            return None
+        torch = require("torch", extra="export")
+        t = torch.from_numpy(x).to(self.device, self.dtype)
+
+        def on_device() -> None:
+            with torch.inference_mode():
+                self.module(t)
+            torch.cuda.synchronize()
+
+        return on_device, "torch tensor on the GPU, torch.cuda.synchronize() after each call"
 
     def _load_module(self) -> Any:
         from srkit.models.loader import load_model

@@ -2,11 +2,22 @@
 
 Colour handling follows the model's metadata: Y-channel models see BT.601 luma and the chroma is upscaled
 bicubically; RGB models see RGB; gray images stay gray; alpha is upscaled on its own.
+
+Two routes give the same pixels (to within one level on a few pixels in ten thousand, float rounding):
+- the pipeline: on backends that run ONNX graphs, the model is wrapped at load time in a pipeline graph
+  (srkit.pipeline: uint8 or uint16 NHWC in and out, colour, padding and rounding inside the graph) that runs
+  untiled 8-bit RGB and gray images and 16-bit RGB images, and the video's luma planes. The runtime's kernels
+  do in one pass what numpy does in many, so the end-to-end speed gets close to the model's.
+- the host path: numpy and Pillow around the float model (tiles, alpha, float images, the PyTorch backend,
+  images smaller than the size multiple).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +25,14 @@ import numpy as np
 
 from srkit import imaging
 from srkit.errors import InputError
-from srkit.meta import Color, ModelInfo, Precision, read_model_info
+from srkit.meta import Color, Io, ModelInfo, Precision, read_model_info
 from srkit.runtime import registry, tiling
-from srkit.runtime.base import Backend, BackendOptions
+from srkit.runtime.base import PIPELINE_INPUTS, Backend, BackendOptions
 
-# Refuse (with advice) rather than let one call allocate more than this much float32 output untiled.
-UNTILED_LIMIT_BYTES = 6 << 30
+# An untiled call whose working memory would pass this (or half the free memory) is tiled automatically:
+# a 6000x4000 photo through ESPCN x3 untiled peaked at 20 GB, tiled at 1.7 GB.
+UNTILED_BUDGET_BYTES = 2 << 30
+log = logging.getLogger("srkit")
 
 
 class Upscaler:
@@ -41,8 +54,15 @@ class Upscaler:
         tile: int | str | tuple[int, int] | None = None,
         tile_overlap: int | None = None,
         memory_budget: int | None = None,
+        pipeline: bool = True,
+        on_note: Callable[[str], None] | None = None,
         **backend_options: Any,
     ) -> None:
+        """`pipeline=False` keeps every image on the host path (for comparisons; the pixels agree).
+        `on_note` receives one-line notes on what srkit decided for the user (an image tiled automatically
+        because it would not fit in memory untiled); by default they go to the "srkit" logger."""
+        self.on_note = on_note or log.info
+        self._approximation_noted = False
         path = Path(model)
         if path.suffix.lower() != ".onnx":
             raise InputError(
@@ -62,6 +82,10 @@ class Upscaler:
             self.backend: Backend = AutoPrecisionBackend(cls, path, self.info, options)
         else:
             self.backend = cls(path, self.info, options)
+        self._backend_cls = cls
+        self._use_pipelines = pipeline and cls.runs_pipelines
+        self._pipelines: dict[Io, Backend] = {}
+        self._pipeline_lock = threading.Lock()
         self._configure_tiling(tile, tile_overlap, memory_budget)
         extra.setdefault("tile_shape", self.tile)  # compiled backends (TensorRT) build their profile from it
 
@@ -80,7 +104,7 @@ class Upscaler:
         parsed = tiling.parse_tile(tile)
         if parsed == "auto":
             parsed = tiling.auto_tile_size(
-                scale=self.info.scale, features=tiling.features_of(self.info.params),
+                scale=self.info.scale, features=tiling.features_of(self.info),
                 overlap=self.tile_overlap, multiple=self.info.size_multiple, budget_bytes=budget,
             )
         if self.info.static_shape:
@@ -104,17 +128,25 @@ class Upscaler:
 
     def close(self) -> None:
         self.backend.close()
+        with self._pipeline_lock:
+            for backend in self._pipelines.values():
+                backend.close()
+            self._pipelines.clear()
 
     @property
     def scale(self) -> int:
         return self.info.scale
 
     def describe(self) -> dict[str, Any]:
-        return self.backend.describe()
+        described = self.backend.describe()
+        if self._pipelines:
+            described["pipelines"] = sorted(io.value for io in self._pipelines)
+        return described
 
     # ---- the model call -------------------------------------------------------------------------
     def run_model(self, x: np.ndarray) -> np.ndarray:
         """NCHW float32 -> NCHW float32, padding to the model's size multiple and cropping back."""
+        self._require_tensor_model("a float NCHW tensor")
         multiple = self.info.size_multiple
         padded, (h, w) = imaging.pad_to_multiple(x, multiple)
         if self.info.static_shape and padded.shape[2:] != self.info.static_shape:
@@ -130,21 +162,29 @@ class Upscaler:
         return self.run_model(np.ascontiguousarray(nchw, dtype=np.float32)).transpose(0, 2, 3, 1)
 
     # ---- images ---------------------------------------------------------------------------------
-    def upscale(self, image: np.ndarray, *, on_tile: Callable[[], None] | None = None) -> np.ndarray:
+    def upscale(
+        self, image: np.ndarray, *, on_tile: Callable[[], None] | None = None, pipeline: bool = True
+    ) -> np.ndarray:
         """HxW or HxWxC (C = 1, 3, 4) uint8/uint16/float32 RGB -> the same dtype and channels, scaled.
 
         With `tile` set, the image goes through in tiles and the float32 result is never held whole.
+        `pipeline=False` takes the host path for this call even where a pipeline graph would run it.
         """
         layout = imaging.describe(image)
         pixels = image[..., None] if layout.gray else image
+        h, w = image.shape[:2]
+        tile = self._tile_for(h, w, announce=True)
+        route = self._pipeline_route(layout, (h, w)) if pipeline and tile is None else None
+        if route is not None:
+            out = self._pipeline_backend(route).infer(pixels[None])[0]
+            return out[..., 0] if layout.gray else out
+        self._require_tensor_model(f"a {layout.dtype} image with {layout.channels} channel(s)")
         if layout.channels == 4:
             pixels = self._fill_under_alpha(pixels)
-        if self.tile is None:
-            h, w = image.shape[:2]
-            self._check_size(h, w)
+        if tile is None:
             out = imaging.from_float(self._upscale_float(imaging.to_float(pixels)[None])[0], layout.dtype)
         else:
-            out = self._upscale_tiled(pixels, layout.dtype, on_tile)
+            out = self._upscale_tiled(pixels, layout.dtype, on_tile, tile)
         return out[..., 0] if layout.gray else out
 
     def upscale_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -155,16 +195,98 @@ class Upscaler:
         layouts = [imaging.describe(im) for im in images]
         same = all(im.shape == images[0].shape and lay == layouts[0]
                    for im, lay in zip(images, layouts, strict=True))
-        if self.tile is not None or not same or len(images) == 1 or self.info.static_shape:
+        h, w = images[0].shape[:2]
+        if (self.tile is not None or not same or len(images) == 1 or self.info.static_shape
+                or self._tile_for(h * len(images), w) is not None):  # too big as one batch: one by one
             return [self.upscale(im) for im in images]
         layout = layouts[0]
-        h, w = images[0].shape[:2]
-        self._check_size(h * len(images), w)
         stack = np.stack([im[..., None] if layout.gray else im for im in images])
+        route = self._pipeline_route(layout, (h, w))
+        if route is not None:
+            outs = self._pipeline_backend(route).infer(stack)
+            return [o[..., 0] if layout.gray else o for o in outs]
+        self._require_tensor_model(f"a {layout.dtype} image with {layout.channels} channel(s)")
         if layout.channels == 4:
             stack = np.stack([self._fill_under_alpha(im) for im in stack])
         out = imaging.from_float(self._upscale_float(imaging.to_float(stack)), layout.dtype)
         return [o[..., 0] if layout.gray else o for o in out]
+
+    def upscale_luma(self, y: np.ndarray) -> np.ndarray:
+        """A uint8 BT.601 luma plane (a video frame's Y, HxW) -> uint8 (sH x sW), for Y-channel models: through
+        the `y8` pipeline where the backend runs one, else the float model and rounding on the host."""
+        if self.info.color != Color.Y or y.dtype != np.uint8 or y.ndim != 2:
+            raise InputError("upscale_luma takes a uint8 HxW luma plane and a Y-channel model")
+        if self._pipeline_route_for(Io.Y8, y.shape) is not None:
+            return self._pipeline_backend(Io.Y8).infer(y[None, :, :, None])[0, :, :, 0]
+        self._require_tensor_model("a luma plane")
+        planes = self.run_model(imaging.to_float(y)[None, None])
+        return imaging.from_float(planes[0, 0], np.dtype(np.uint8))
+
+    def route(self, image: np.ndarray) -> str:
+        """Which path `upscale(image)` takes: "pipeline" (in-graph colour and rounding), "host" or "tiled"."""
+        layout = imaging.describe(image)
+        if self._tile_for(*image.shape[:2]) is not None:
+            return "tiled"
+        return "pipeline" if self._pipeline_route(layout, image.shape[:2]) is not None else "host"
+
+    # ---- pipelines (srkit.pipeline) ----------------------------------------------------------------
+    def _pipeline_route(self, layout: imaging.Layout, hw: tuple[int, ...]) -> Io | None:
+        """The pipeline kind that runs this image untiled, or None for the host path."""
+        if self.tile is not None:
+            return None
+        io = {(np.dtype(np.uint8), 3): Io.RGB8, (np.dtype(np.uint8), 1): Io.GRAY8,
+              (np.dtype(np.uint16), 3): Io.RGB16}.get((np.dtype(layout.dtype), layout.channels))
+        return None if io is None else self._pipeline_route_for(io, hw)
+
+    def _pipeline_route_for(self, io: Io, hw: tuple[int, ...]) -> Io | None:
+        from srkit.pipeline import min_side
+
+        big_enough = min(hw[0], hw[1]) >= min_side(self.info)
+        if self.info.io != Io.TENSOR:  # the file itself is a pipeline: it serves its own kind only
+            if io == self.info.io and not big_enough:
+                raise InputError(f"this pipeline model takes images of at least {min_side(self.info)} pixels a side")
+            return io if io == self.info.io else None
+        if not self._use_pipelines or self.info.static_shape is not None:
+            return None
+        if io == Io.Y8 and self.info.color != Color.Y:
+            return None
+        return io if big_enough else None
+
+    def _pipeline_backend(self, io: Io) -> Backend:
+        if self.info.io != Io.TENSOR:
+            return self.backend
+        with self._pipeline_lock:
+            backend = self._pipelines.get(io)
+            if backend is None:
+                backend = self._build_pipeline(io)
+                self._pipelines[io] = backend
+        return backend
+
+    def _build_pipeline(self, io: Io) -> Backend:
+        """Compose the pipeline graph around the model file in memory and open it on this backend, at the
+        precision the tensor model runs (`auto` is measured on the tensor model first)."""
+        import onnx
+
+        from srkit.pipeline import compose
+
+        options = self.backend.options
+        if options.precision == Precision.AUTO:
+            self.backend.activate()
+            choice = getattr(self.backend, "choice", None)
+            options = replace(options, precision=choice.chosen if choice else Precision.FP32)
+        model = onnx.load(str(self.model_path))
+        graph = compose(model, self.info, io, rounding=self._backend_cls.pipeline_rounding).SerializeToString()
+        backend = self._backend_cls(self.model_path, replace(self.info, io=io), options, graph=graph)
+        return backend.activate()
+
+    def _require_tensor_model(self, what: str) -> None:
+        if self.info.io != Io.TENSOR:
+            dtype, channels = PIPELINE_INPUTS[self.info.io]
+            raise InputError(
+                f"{self.model_path} is a pipeline model (srkit.io {self.info.io.value}): it takes "
+                f"{np.dtype(dtype).name} images with {channels} channel(s), untiled, not {what}; "
+                "use the tensor model it was made from for anything else"
+            )
 
     def _fill_under_alpha(self, pixels: np.ndarray) -> np.ndarray:
         """HxWx4 -> float32 HxWx4 with the colour under alpha == 0 filled from the visible neighbours, far
@@ -176,14 +298,48 @@ class Upscaler:
         colour = imaging.fill_transparent(floats[..., :3], alpha, self.info.receptive_field + 2)
         return np.concatenate([colour, floats[..., 3:]], axis=2)
 
+    def _tile_for(self, height: int, width: int, *, announce: bool = False) -> int | tuple[int, int] | None:
+        """The tile an image of this size goes through: the configured one, or, untiled, an automatic one
+        when the untiled call would not fit comfortably in memory (announced through `on_note`, as is once
+        that tiles only approximate a model whose every output pixel sees the whole image, RCAN)."""
+        tile = self._choose_tile(height, width, announce=announce)
+        if tile is not None and announce and not self._approximation_noted:
+            self._approximation_noted = True
+            note = tiling.approximation_note(self.info)
+            if note:
+                self.on_note(note)
+        return tile
+
+    def _choose_tile(self, height: int, width: int, *, announce: bool) -> int | tuple[int, int] | None:
+        if self.tile is not None:
+            return self.tile
+        need = self._untiled_bytes(height, width)
+        free = tiling.available_memory_bytes()
+        budget = min(UNTILED_BUDGET_BYTES, free // 2) if free else UNTILED_BUDGET_BYTES
+        if need <= budget:
+            return None
+        side = tiling.auto_tile_size(scale=self.info.scale, features=tiling.features_of(self.info),
+                                     overlap=self.tile_overlap, multiple=self.info.size_multiple)
+        if announce:
+            self.on_note(f"{width}x{height} needs about {need / 2**30:.1f} GiB untiled; tiling it automatically "
+                         f"({side}x{side} tiles; --tile sets them)")
+        return side
+
+    def _untiled_bytes(self, height: int, width: int) -> int:
+        """Working memory of one untiled call: two float32 feature maps of the network's width at the input's
+        size, and the float32 output with its temporaries (about four copies)."""
+        pixels_in = height * width
+        features = tiling.features_of(self.info)
+        return 4 * (2 * features * pixels_in + 4 * 4 * pixels_in * self.info.scale**2)
+
     def _upscale_tiled(
-        self, pixels: np.ndarray, dtype: np.dtype, on_tile: Callable[[], None] | None
+        self, pixels: np.ndarray, dtype: np.dtype, on_tile: Callable[[], None] | None,
+        tile: int | tuple[int, int],
     ) -> np.ndarray:
         h, w, channels = pixels.shape
         s, multiple = self.info.scale, self.info.size_multiple
         padded = imaging.pad_hw_to_multiple(pixels, multiple)
-        assert self.tile is not None
-        th, tw = self.tile if isinstance(self.tile, tuple) else (self.tile, self.tile)
+        th, tw = tile if isinstance(tile, tuple) else (tile, tile)
         fixed = self.info.static_shape is not None
         if fixed:  # a static model cannot take a smaller tile: pad the image up to one
             padded = imaging.pad_hw(padded, max(padded.shape[0], th), max(padded.shape[1], tw))
@@ -202,11 +358,12 @@ class Upscaler:
 
     def tile_plan(self, height: int, width: int) -> tiling.TilePlan | None:
         """The tiles an image of this size is cut into (None when not tiling), for progress and tests."""
-        if self.tile is None:
+        tile = self._tile_for(height, width)
+        if tile is None:
             return None
         multiple = self.info.size_multiple
         ph, pw = height + (-height) % multiple, width + (-width) % multiple
-        th, tw = self.tile if isinstance(self.tile, tuple) else (self.tile, self.tile)
+        th, tw = tile if isinstance(tile, tuple) else (tile, tile)
         fixed = self.info.static_shape is not None
         if fixed:
             ph, pw = max(ph, th), max(pw, tw)
@@ -227,30 +384,6 @@ class Upscaler:
         return out
 
     def _upscale_colour(self, colour: np.ndarray) -> np.ndarray:
-        """NxHxWx1 or NxHxWx3 float in 0-1 -> scaled, same channels."""
-        _, h, w, channels = colour.shape
-        s = self.info.scale
-        if self.info.color == Color.Y:
-            if channels == 1:
-                y = self._run_planes(imaging.gray_to_y(colour))
-                return imaging.y_to_gray(y)
-            ycc = imaging.rgb_to_ycbcr(colour)
-            y = self._run_planes(ycc[..., :1])[..., 0]
-            cb, cr = (np.stack([imaging.resize_bicubic(plane, h * s, w * s) for plane in ycc[..., c]])
-                      for c in (1, 2))
-            return imaging.ycbcr_planes_to_rgb(y, cb, cr)
-        if self.info.in_channels == 3:
-            if channels == 1:
-                rgb = self._run_planes(np.repeat(colour, 3, axis=3))
-                return rgb.mean(axis=3, keepdims=True)
-            return self._run_planes(colour)
-        raise InputError(f"cannot feed a {channels}-channel image to a {self.info.in_channels}-channel model")
-
-    def _check_size(self, h: int, w: int) -> None:
-        s = self.info.scale
-        out_bytes = h * s * w * s * 4 * 4
-        if out_bytes > UNTILED_LIMIT_BYTES:
-            raise InputError(
-                f"a {w}x{h} image upscaled x{s} needs about {out_bytes >> 30} GiB of float32 at once; "
-                "use tiling (--tile N or --tile auto; Upscaler(tile=...))"
-            )
+        """NxHxWx1 or NxHxWx3 float in 0-1 -> scaled, same channels (imaging.upscale_colour)."""
+        return imaging.upscale_colour(colour, scale=self.info.scale, color=self.info.color,
+                                      in_channels=self.info.in_channels, run_planes=self._run_planes)
