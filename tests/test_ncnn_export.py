@@ -20,7 +20,13 @@ ncnn = pytest.importorskip("ncnn", reason="the ncnn package is not installed (pi
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'srkit[ncnn]')")
 ort = pytest.importorskip("onnxruntime")
 
-from test_runtime_contract import ContractModel, UpscalerContract, skip_unless_runs  # noqa: E402
+from test_runtime_contract import (  # noqa: E402
+    ContractModel,
+    UpscalerContract,
+    contract_model,  # noqa: F401 - the contract's fixtures, used by TestNcnnContract
+    skip_unless_runs,
+    srvgg_x2_onnx,  # noqa: F401
+)
 
 from srkit import imaging  # noqa: E402
 from srkit.bench.metrics import parity  # noqa: E402
@@ -449,7 +455,7 @@ class TestNcnnContract(UpscalerContract):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def up(cls, contract_model: ContractModel, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def, override]
+    def up(cls, contract_model: ContractModel, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def, override]  # noqa: F811
         skip_unless_runs(cls.backend, cls.device)
         source = read_model_info(contract_model.path).source.removeprefix("bundled:")
         folder = tmp_path_factory.mktemp("contract-ncnn")
