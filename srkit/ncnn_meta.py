@@ -9,7 +9,8 @@ the blob names from the graph (the first Input layer's blob, the last layer's to
 the first convolution's weight count, and the scale by following every blob's size through the graph (a
 PixelShuffle of r multiplies it by r, an Interp by its scale factors, a strided convolution or a Reorg divides
 it). A graph whose output is not exactly an integer multiple of its input (unpadded convolutions that shrink the
-image, as in waifu2x / Real-CUGAN files; fixed-size resizes; reshapes) is refused rather than half-understood.
+image, as in waifu2x / Real-CUGAN files, which `srkit export` imports to ONNX instead; fixed-size resizes;
+reshapes) is refused rather than half-understood.
 A one-channel graph without a sidecar is refused too: nothing in it says whether it takes luma or gray.
 
 This module is core (no srkit package imports beyond errors/meta) so the runtime and the CLI can both use it.
@@ -237,7 +238,9 @@ def _convolution(
     if not same and (pads[0] + pads[2] != need_w or pads[1] + pads[3] != need_h):
         raise UnsupportedModelError(
             f"{where}: convolution {layer.name} is not size-preserving (kernel {kw}x{kh}, padding {pads}); the "
-            "graph shrinks the image (waifu2x / Real-CUGAN style files pad tiles first), which srkit does not run"
+            "graph shrinks the image (waifu2x / Real-CUGAN files: their tools pad each tile first), which the ncnn "
+            "backend does not run; import it with `srkit export FILE.param` (where srkit's module pads as the "
+            "tools do) and run the ONNX model"
         )
     cin = None
     if ratio is not None:
