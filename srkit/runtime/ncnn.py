@@ -128,14 +128,8 @@ class NcnnBackend(Backend):
         return blob_names(read_layers(self.model_path), str(self.model_path))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        outs = [self._forward(item) for item in x]
-        out = np.stack(outs)
-        expected = (x.shape[0], self.info.in_channels, x.shape[2] * self.info.scale, x.shape[3] * self.info.scale)
-        if out.shape[0] != expected[0] or out.shape[2:] != expected[2:]:
-            raise UnsupportedModelError(
-                f"{self.model_path.name} gave {out.shape[1:]} for a {x.shape[1:]} input, not x{self.info.scale}"
-            )
-        return out
+        # the output size is checked once on activation (Backend._check_scale) against srkit.scale
+        return np.stack([self._forward(item) for item in x])
 
     def _forward(self, chw: np.ndarray) -> np.ndarray:
         """One image on its own extractor. ncnn.Mat borrows `data`'s memory, so `data` stays referenced until the
