@@ -395,10 +395,15 @@ def _parse_hw(text: str) -> tuple[int, int]:
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
-    """Read ModelInfo from an ONNX file without loading its weights into memory twice."""
+    """Read ModelInfo from an ONNX file without loading its weights into memory twice (or from an ncnn
+    `.param`: its srkit sidecar, else its graph; srkit.ncnn_meta)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
+    if path.suffix.lower() == ".param":
+        from srkit.ncnn_meta import read_ncnn_info
+
+        return read_ncnn_info(path)
     try:
         import onnx
     except ImportError:  # pragma: no cover - onnx is a core dependency

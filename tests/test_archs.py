@@ -114,12 +114,9 @@ def test_detect_export_and_parity(name: str, scale: int, tmp_path: Path) -> None
     info = result.info
     assert (info.arch, info.scale, info.color) == (spec.name, scale, spec.color)
     assert info.size_multiple == spec.size_multiple(params)
-    # the descriptor's facts travel in the metadata: the feature width is the first conv's (the widest one
-    # for the fixed-width networks, whose widths grow inside)
-    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-    widest = {"waifu2x", "realcugan"}
-    expected = max(c.out_channels for c in convs) if name in widest else convs[0].out_channels
-    assert tiling.features_of(info) == expected
+    # the descriptor's facts travel in the metadata: the feature width is the first conv's
+    first_conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert tiling.features_of(info) == first_conv.out_channels
     assert info.extra["tiling"] == ("approximate" if spec.global_context else "exact")
     if name == "rrdbnet":  # Real-ESRGAN x2/x1 pixel-unshuffle by 2/4 first
         assert info.size_multiple == {1: 4, 2: 2, 4: 1}[scale]
@@ -141,9 +138,12 @@ BUNDLED = {"espcn", "srcnn", "fsrcnn"}
 
 
 def test_every_registered_architecture_is_covered() -> None:
-    """Registering an architecture without a tiny configuration here (or a bundled model) fails this test."""
-    covered = {arch_of(name) for name in TINY} | BUNDLED
-    assert set(registry.names()) <= covered, f"not covered by test_archs: {set(registry.names()) - covered}"
+    """Registering an architecture without a tiny configuration here, a bundled model, or a case in
+    tests/test_archs_modern.py's CASES (the community-database architectures) fails this test."""
+    from test_archs_modern import CASES as MODERN_CASES
+
+    covered = {arch_of(name) for name in TINY} | BUNDLED | {arch for arch, _ in MODERN_CASES.values()}
+    assert set(registry.names()) <= covered, f"not covered by a test case: {set(registry.names()) - covered}"
     assert set(SCALES) == set(TINY)
 
 
@@ -195,3 +195,4 @@ def test_static_shape_respects_the_size_multiple(tmp_path: Path) -> None:
     dims = [d.dim_value for d in onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 12, 18]
     assert result.parity is not None and result.parity.shapes == [[1, 3, 12, 18]]
+

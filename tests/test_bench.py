@@ -114,7 +114,7 @@ def test_every_backend_gets_every_precision_it_supports(espcn_x3_onnx: Path) -> 
     by_backend: dict[str, set[str]] = {}
     for v in variants:
         by_backend.setdefault(v.backend, set()).add(v.precision)
-    for backend in Upscaler.available_backends():
+    for backend in set(Upscaler.available_backends()) - {"ncnn"}:  # ncnn rows need an ncnn export of the model
         assert "fp32" in by_backend[backend]
     if "torch" in by_backend:
         assert by_backend["torch"] & {"bf16", "fp16"}

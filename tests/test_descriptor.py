@@ -76,7 +76,7 @@ def test_models_exported_before_the_keys() -> None:
 
 
 def test_tiling_a_global_model_warns() -> None:
-    with pytest.warns(tiling.ApproximateTilingWarning, match="rcan sees the whole image"):
+    with pytest.warns(tiling.ApproximateTilingWarning, match="rcan: tiled output approximates"):
         tiling.warn_if_approximate(_info("rcan", tiling="approximate"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

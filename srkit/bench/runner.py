@@ -49,6 +49,9 @@ class BenchConfig:
     peak_min_time_s: float = 0.5
     devices: list[str] | None = None  # None: every device each backend has here
     checkpoint: Path | None = None  # PyTorch weights of a model not bundled with srkit (torch rows, parity)
+    # the same network exported to ncnn (`srkit export SRC -o STEM.param`) for the ncnn rows; found beside the
+    # model (STEM.param or STEM-xN.param, with the same source weights) when not given
+    ncnn_model: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,36 @@ def find_int8_model(model: Path, backend: str | None = None) -> Path | None:
     return None
 
 
+def find_ncnn_model(model: Path, info: ModelInfo) -> Path | None:
+    """An ncnn export of the same weights beside `model`: STEM.param or STEM-xN.param (the name the ncnn apps
+    read the scale from), whose sidecar names the same source sha256."""
+    for name in (f"{model.stem}.param", f"{model.stem}-x{info.scale}.param"):
+        candidate = model.with_name(name)
+        if candidate.is_file() and _same_network(candidate, info):
+            return candidate
+    return None
+
+
+def _same_network(param: Path, info: ModelInfo) -> bool:
+    try:
+        other = read_model_info(param)
+    except SrkitError:
+        return False
+    return bool(info.source_sha256) and other.source_sha256 == info.source_sha256 and other.scale == info.scale
+
+
+def ncnn_model_for(config: BenchConfig, info: ModelInfo) -> Path | None:
+    if config.ncnn_model is None:
+        return find_ncnn_model(config.model, info)
+    path = Path(config.ncnn_model)
+    if not path.is_file() or path.suffix.lower() != ".param":
+        raise InputError(f"--ncnn-model {path} is not an ncnn .param file")
+    if not _same_network(path, info):
+        raise InputError(f"--ncnn-model {path} was not exported from the weights {config.model.name} was "
+                         "(its sidecar's srkit.source_sha256 or scale differs)")
+    return path
+
+
 def backend_devices(backend: str) -> list[str]:
     """The compute devices worth benchmarking: the backend's own answer (`Backend.bench_devices`)."""
     try:
@@ -210,17 +243,26 @@ def plan_variants(config: BenchConfig, info: ModelInfo) -> list[Variant]:
     want_all = config.precision.lower() == "all"
     caps = cpu_capabilities() if want_all else set()
     variants: list[Variant] = []
+    ncnn_model = ncnn_model_for(config, info) if "ncnn" in config.backends else None
     for backend in config.backends:
         int8 = Path(config.int8_model) if config.int8_model else find_int8_model(config.model, backend)
+        base = config.model
+        if backend == "ncnn":  # the ncnn rows run the ncnn export of the same network
+            if ncnn_model is None:
+                if config.backends == ["ncnn"]:
+                    raise InputError(f"no ncnn export of {config.model.name} found; write one with "
+                                     f"`srkit export SOURCE -o {config.model.stem}.param` or pass --ncnn-model")
+                continue  # --backend all: no ncnn file, no ncnn rows
+            base, int8 = ncnn_model, None
         devices = config.devices or backend_devices(backend) or ["cpu"]
         for device in devices:
             if not want_all:
                 wanted = config.precision.lower()
                 use_int8 = wanted == "int8" and int8 is not None and info.precision != Precision.INT8
-                variants.append(Variant(backend, device, wanted, int8 if use_int8 and int8 else config.model))
+                variants.append(Variant(backend, device, wanted, int8 if use_int8 and int8 else base))
                 continue
             for precision, model in precisions_for(backend, device, info, int8, caps):
-                variants.append(Variant(backend, device, precision, model or config.model))
+                variants.append(Variant(backend, device, precision, model or base))
     return variants
 
 
@@ -295,7 +337,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             "resize_kernel": RESIZE_KERNEL,
             "min_time_s": config.min_time_s,
             "isolated_processes": config.isolate,
-            "int8_models": sorted({str(v.model) for v in variants if v.model != config.model}),
+            "int8_models": sorted({str(v.model) for v in variants if v.model != config.model and v.backend != "ncnn"}),
+            "ncnn_model": next((str(v.model) for v in variants if v.backend == "ncnn"), None),
             "dataset": str(config.dataset)
             if config.dataset
             else "built-in CC0 photos: " + ", ".join(p.name for p in pairs),
@@ -415,7 +458,9 @@ def add_roofline(
     from srkit.bench.roofline import count_flops, measure_peak, roofline
 
     hw = imaging.pad_to_multiple(x, info.size_multiple)[0].shape[2:]
-    count = count_flops(variant.model, (int(hw[0]), int(hw[1])))
+    # an ncnn row runs the same network as the ONNX model: its FLOPs are counted on the ONNX graph
+    counted = variant.model if variant.model.suffix.lower() == ".onnx" else config.model
+    count = count_flops(counted, (int(hw[0]), int(hw[1])))
     precision = result.precision if variant.backend == "openvino" else variant.precision
     try:
         peak = measure_peak(

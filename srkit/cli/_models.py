@@ -16,9 +16,12 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def resolve_onnx(model: str) -> Path:
+def resolve_onnx(model: str, *, allow_ncnn: bool = False) -> Path:
+    """`allow_ncnn`: an ncnn .param is a model too (what `srkit upscale --backend ncnn` runs)."""
     path = Path(model)
     if path.is_file():
+        if allow_ncnn and path.suffix.lower() == ".param":
+            return path
         if path.suffix.lower() != ".onnx":
             raise InputError(f"{model} is not an .onnx model; export it first: srkit export {model}")
         return path

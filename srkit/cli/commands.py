@@ -69,8 +69,9 @@ def zoo(as_json: bool) -> None:
 # ---- export ----------------------------------------------------------------------------------------
 def export(source: str, output: str | None, *, arch: str | None, scale: int | None, opset: int,
            static: tuple[int, int] | None, verify: bool, fp16: bool = False, fp16_io: bool = False,
-           io: str = "tensor") -> None:
+           io: str = "tensor", out_format: str | None = None, ncnn_fp32: bool = False) -> None:
     from srkit.export import ExportOptions, export_model
+    from srkit.export.ncnn import NcnnExportResult
     from srkit.meta import Io
     from srkit.pipeline import describe_io
 
@@ -78,9 +79,13 @@ def export(source: str, output: str | None, *, arch: str | None, scale: int | No
         refuse_oversized_static(source, static, scale)
     # the default name carries -fp16 / -rgb8...: an fp16 or pipeline export never replaces the plain one
     options = ExportOptions(opset=opset, static=static, verify=verify, fp16=fp16, fp16_io=fp16_io,
-                            io=Io.parse(io))
+                            io=Io.parse(io), format=out_format, ncnn_fp32=ncnn_fp32)
     with progress(None, f"exporting {source}"):
         result = export_model(source, output, arch=arch, scale=scale, options=options)
+    if isinstance(result, NcnnExportResult):  # it says how to feed and use its files
+        for line in result.summary():
+            echo(line)
+        return
     info = result.info
     echo(f"wrote {result.path}  ({info.arch} x{info.scale}, {info.color.value.upper()}, opset {info.opset}, "
          f"{'static ' + 'x'.join(map(str, static)) if static else 'dynamic batch/height/width'})")
@@ -131,7 +136,7 @@ def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, 
     from srkit.runtime import Upscaler
     from srkit.runtime.video import is_video_path
 
-    model_path = resolve_onnx(model)
+    model_path = resolve_onnx(model, allow_ncnn=True)
     up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads,
                   tile=tile, tile_overlap=tile_overlap, on_note=lambda note: print(f"srkit: {note}", file=sys.stderr))
     if len(inputs) == 1 and is_video_path(inputs[0]):
@@ -395,7 +400,7 @@ def _gib(n: int) -> str:
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, threads: int | None,
           min_time: float, json_out: str | None, md_out: str | None, *, plot_out: str | None = None,
           int8_model: str | None = None, checkpoint: str | None = None, quality: bool = True,
-          targets: Targets | None = None) -> None:
+          targets: Targets | None = None, ncnn_model: str | None = None) -> None:
     from srkit._fs import check_writable
     from srkit.bench.report import check_targets, render_markdown, render_summary
     from srkit.bench.runner import BenchConfig, plan_variants, resolve_backends, run_bench, size_for_output
@@ -416,7 +421,8 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
                          input_size=input_size, dataset=Path(dataset) if dataset else None,
                          threads=threads, min_time_s=min_time, peak_min_time_s=min(0.5, min_time),
                          int8_model=Path(int8_model) if int8_model else None,
-                         checkpoint=Path(checkpoint) if checkpoint else None, quality=quality)
+                         checkpoint=Path(checkpoint) if checkpoint else None, quality=quality,
+                         ncnn_model=Path(ncnn_model) if ncnn_model else None)
     steps = len(plan_variants(config, info)) + 1  # + the PyTorch reference
     with progress(steps, "benchmarking") as advance:
         report = run_bench(config, progress=lambda name: advance(description=f"benchmarking {name}"))

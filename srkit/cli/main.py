@@ -94,7 +94,8 @@ def zoo(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file to write (default: SOURCE stem + .onnx)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="file to write: .onnx, or .param for ncnn (default: SOURCE stem + .onnx)")
 @click.option("--arch", help="architecture, when it cannot be detected (or to confirm it)")
 @click.option("--scale", type=int, help="upscaling factor, when the weights do not say")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset of the exported graph")
@@ -106,15 +107,19 @@ def zoo(as_json: bool) -> None:
               show_default=True,
               help="tensor: float32 NCHW 0-1 (srkit does colour and padding); rgb8/gray8/rgb16: a pipeline model, "
                    "uint8/uint16 NHWC image in and out, colour, padding and rounding inside the graph")
+@click.option("--format", "out_format", type=click.Choice(["onnx", "ncnn"], case_sensitive=False),
+              help="onnx, or ncnn (.param + .bin + .json sidecar, via pnnx) [default: from -o's suffix, else onnx]")
+@click.option("--ncnn-fp32", is_flag=True, help="ncnn: store fp32 weights (default fp16, as ncnn's tools do)")
 def export(source: str, output: str | None, arch: str | None, scale: int | None, opset: int,
-           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool, io: str) -> None:
-    """Export SOURCE (a bundled name, a checkpoint, an ncnn .param, or an exported .onnx for --io) to ONNX and
-    verify it against PyTorch (a pipeline: against srkit's host path)."""
+           static: str | None, no_verify: bool, fp16: bool, fp16_io: bool, io: str, out_format: str | None,
+           ncnn_fp32: bool) -> None:
+    """Export SOURCE (a bundled name, a checkpoint, an ncnn .param, or an exported .onnx for --io) to ONNX, or to
+    ncnn (-o NAME.param / --format ncnn), and verify it against PyTorch (a pipeline: against srkit's host path)."""
     from srkit.cli import commands
 
     commands.export(source, output, arch=arch, scale=scale, opset=opset,
                     static=parse_hw(static, "--static"), verify=not no_verify, fp16=fp16 or fp16_io,
-                    fp16_io=fp16_io, io=io)
+                    fp16_io=fp16_io, io=io, out_format=out_format, ncnn_fp32=ncnn_fp32)
 
 
 @cli.command()
@@ -198,6 +203,9 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True),
               help="PyTorch weights MODEL was exported from, for the torch rows and parity "
               "(bundled models need none)")
+@click.option("--ncnn-model", type=click.Path(dir_okay=False),
+              help="ncnn export of MODEL's network for the ncnn rows (default: MODEL-stem.param or "
+              "MODEL-stem-xN.param beside it, if present)")
 @click.option("--no-quality", is_flag=True, help="skip PSNR-Y/SSIM-Y on the dataset (speed and parity only)")
 @click.option("--threads", type=THREADS, help="CPU threads for every backend (default: theirs)")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds of timed calls per figure")
@@ -213,7 +221,7 @@ def upscale(inputs: tuple[str, ...], model: str, output: str | None, backend: st
 @click.option("--target-peak", type=click.FloatRange(0, 100, min_open=True),
               help="judge every fp32 ONNX Runtime / OpenVINO result's % of its measured peak against this")
 def bench(model: str, backend: str, precision: str, size: str, dataset: str | None, int8_model: str | None,
-          checkpoint: str | None, no_quality: bool, threads: int | None, min_time: float,
+          checkpoint: str | None, ncnn_model: str | None, no_quality: bool, threads: int | None, min_time: float,
           json_out: str | None, md_out: str | None, plot_out: str | None, target_fps: float | None,
           target_e2e_fps: float | None, target_speedup: float | None, target_peak: float | None) -> None:
     """Measure speed, memory and quality of a model per backend and precision.
@@ -225,7 +233,7 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
     targets = Targets(fps=target_fps, e2e_fps=target_e2e_fps, speedup=target_speedup, pct_of_peak=target_peak)
     commands.bench(model, backend, precision, size, dataset, threads, min_time, json_out, md_out,
                    plot_out=plot_out, int8_model=int8_model, checkpoint=checkpoint, quality=not no_quality,
-                   targets=targets)
+                   targets=targets, ncnn_model=ncnn_model)
 
 
 @cli.command()

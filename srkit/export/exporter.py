@@ -33,8 +33,10 @@ class ExportOptions:
     simplify: bool = True
     fp16: bool = False  # fp16 graph, overflowing nodes kept fp32 (srkit.export.fp16)
     fp16_io: bool = False  # with fp16: fp16 inputs/outputs instead of fp32
-    min_psnr_fp16: float = FP16_EXPORT_GATE_DB  # the fp16 gate against PyTorch fp32
+    min_psnr_fp16: float = FP16_EXPORT_GATE_DB  # the fp16 gate against PyTorch fp32 (also ncnn's fp16 weights)
     io: Io = Io.TENSOR  # a pipeline model (srkit.pipeline): uint8/uint16 images in and out
+    format: str | None = None  # "onnx" or "ncnn"; None: from the output's suffix (.param -> ncnn)
+    ncnn_fp32: bool = False  # ncnn: fp32 weight storage instead of fp16 (srkit.export.ncnn)
 
 
 @dataclass
@@ -61,6 +63,17 @@ def default_output(source: str, options: ExportOptions | None = None) -> Path:
     return Path(stem + ".onnx")
 
 
+def output_format(output: str | Path | None, requested: str | None) -> str:
+    """onnx or ncnn: the output's suffix decides; `requested` (--format) must agree with it or stand alone."""
+    by_suffix = {".onnx": "onnx", ".param": "ncnn"}.get(Path(output).suffix.lower()) if output else None
+    wanted = requested.lower() if requested else None
+    if wanted not in (None, "onnx", "ncnn"):
+        raise InputError(f"--format must be onnx or ncnn, not {requested!r}")
+    if by_suffix and wanted and by_suffix != wanted:
+        raise InputError(f"--format {wanted} does not match the output {output} (.onnx: onnx, .param: ncnn)")
+    return by_suffix or wanted or "onnx"
+
+
 def export_model(
     source: str,
     output: str | Path | None = None,
@@ -70,6 +83,10 @@ def export_model(
     options: ExportOptions | None = None,
 ) -> ExportResult:
     options = options or ExportOptions()
+    if output_format(output, options.format) == "ncnn":
+        from srkit.export.ncnn import export_ncnn
+
+        return export_ncnn(source, output, arch=arch, scale=scale, options=options)
     if Path(source).suffix.lower() == ".onnx":
         return export_pipeline(source, output, options)
     if not MIN_OPSET <= options.opset <= 23:

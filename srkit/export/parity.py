@@ -103,3 +103,69 @@ def run_gate(
             f"{report.nonfinite} non-finite values, shapes {report.shapes}"
         )
     return report
+
+
+def run_ncnn_gate(
+    param_path: Path,
+    bin_path: Path,
+    torch_module: Any,
+    *,
+    channels: int,
+    size_multiple: int,
+    static: tuple[int, int] | None,
+    input_blob: str,
+    output_blob: str,
+    max_abs: float | None = FP32_EXPORT_MAX_ABS,
+    min_psnr: float | None = None,
+) -> ParityReport:
+    """The `ncnn` package on the CPU, in fp32 arithmetic, against the torch module at the same shapes as the ONNX
+    gate (one image per extractor: ncnn has no batch axis); raise ParityError with the numbers if it fails."""
+    ncnn = require("ncnn", extra="ncnn")
+    torch = require("torch")
+    net = ncnn.Net()
+    # fp32 arithmetic: the gate measures the file (its fp16 or fp32 weights), not a reduced-precision run
+    for option in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
+                   "use_bf16_packed", "use_vulkan_compute"):
+        if hasattr(net.opt, option):
+            setattr(net.opt, option, False)
+    if net.load_param(str(param_path)) != 0 or net.load_model(str(bin_path)) != 0:
+        raise ParityError(f"ncnn could not load the exported {param_path.name} / {bin_path.name}")
+    gate = Gate(min_psnr_db=min_psnr, max_abs=max_abs)
+    report = ParityReport(backend=f"ncnn {ncnn.__version__} CPU fp32", gate=str(gate))
+    worst_mse = 0.0
+    try:
+        for i, shape in enumerate(gate_shapes(size_multiple, static)):
+            x = real_inputs(shape, channels, seed=i)
+            with torch.no_grad():
+                ref = torch_module(torch.from_numpy(x)).numpy()
+            out = np.stack([ncnn_forward(net, item, input_blob, output_blob) for item in x])
+            if out.shape != ref.shape:
+                raise ParityError(f"ncnn output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
+            report.shapes.append(list(x.shape))
+            report.nonfinite += int((~np.isfinite(out)).sum())
+            diff = np.abs(out.astype(np.float64) - ref)
+            report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
+            worst_mse = max(worst_mse, float(np.nanmean(diff**2)))
+    finally:
+        net.clear()
+    report.psnr_db = psnr_from_mse(worst_mse)
+    report.passed = gate.passes(report.psnr_db, report.max_abs, report.nonfinite)
+    if not report.passed:
+        raise ParityError(
+            f"parity gate failed ({gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
+            f"{report.nonfinite} non-finite values, shapes {report.shapes}"
+        )
+    return report
+
+
+def ncnn_forward(net: Any, chw: np.ndarray, input_blob: str, output_blob: str) -> np.ndarray:
+    """One C x H x W image through an ncnn net, on a fresh extractor; the result is a copy, so nothing from the
+    net's allocator outlives this call (ncnn aborts when a net is freed while one of its Mats is alive)."""
+    ncnn = require("ncnn", extra="ncnn")
+    data = np.ascontiguousarray(chw, dtype=np.float32)  # ncnn.Mat borrows this memory: alive until extract
+    extractor = net.create_extractor()
+    extractor.input(input_blob, ncnn.Mat(data))
+    status, mat = extractor.extract(output_blob)
+    if status != 0:
+        raise ParityError(f"ncnn could not compute blob {output_blob!r} (status {status})")
+    return np.array(mat, dtype=np.float32, copy=True)

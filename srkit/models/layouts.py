@@ -13,6 +13,8 @@ a converted file loads strictly into the same module as a native one. Layouts:
   built in).
 * RCAN, original repository (yulunzhang): as EDSR-PyTorch, with `body.G.body.B.body.{0,2}` convs,
   `body.G.body.B.body.3.conv_du.{0,2}` channel attention, `body.G.body.<num_block>` group convs.
+* Files profiled with thop before saving (several public Omni-SR checkpoints): a `total_ops` and a
+  `total_params` counter on every module, dropped here.
 """
 
 from __future__ import annotations
@@ -104,12 +106,17 @@ def _rcan_original(sd: StateDict) -> StateDict:
     ], drop=(r"^sub_mean\.", r"^add_mean\."))
 
 
+def _drop_thop_counters(sd: StateDict) -> StateDict:
+    return _rename(sd, [], drop=(r"^(.*\.)?total_ops$", r"^(.*\.)?total_params$"))
+
+
 # (name, a key only this layout has, converter)
 LAYOUTS: list[tuple[str, str, Callable[[StateDict], StateDict]]] = [
     ("esrgan-trunk", "trunk_conv.weight", _esrgan_trunk),
     ("esrgan-sequential", "model.1.sub.0.RDB1.conv1.0.weight", _esrgan_sequential),
     ("rcan-original", "body.0.body.0.body.3.conv_du.0.weight", _rcan_original),
     ("edsr-original", "body.0.body.0.weight", _edsr_original),
+    ("thop-profiled", "total_ops", _drop_thop_counters),
 ]
 
 

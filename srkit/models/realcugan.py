@@ -228,6 +228,8 @@ def detect(sd: StateDict) -> Params | None:
     }
 
 
+FIRST_WIDTH = 32  # feature maps of the first convolution (the released networks' fixed width)
+
 SPEC = ArchSpec(
     name="realcugan",
     title="Real-CUGAN / waifu2x CUNet (UpCunet)",
@@ -235,7 +237,7 @@ SPEC = ArchSpec(
     scales=(1, 2, 3, 4),
     build=build,
     detect=detect,
-    feature_width=lambda params: 256,  # the widest convolution (fixed by the released networks)
+    feature_width=lambda params: FIRST_WIDTH,  # the first convolution's, as every descriptor states it
     size_multiple=lambda params: 4 if int(params["scale"]) in (1, 3) else 2,  # the U-Nets' stride grid
     global_context=True,  # the SE blocks scale each channel by its mean over the whole input
     # The convolutions see about as far as the tools' prepadding (18-28 px); the SE blocks see the whole tile,

@@ -21,6 +21,12 @@ for _module in (espcn, srcnn, fsrcnn, vdsr, srresnet, edsr, rdn, rcan, rrdbnet, 
 for _module in (waifu2x, realcugan):  # the ncnn tools' networks (also as .pth in their public layouts)
     register(_module.SPEC)
 
+# the architectures of the community model database (chaiNNer / spandrel key layouts)
+from srkit.models import dat, hat, omnisr, plksr, safmn, span, swinir  # noqa: E402
+
+for _module in (span, plksr, safmn, omnisr, swinir, hat, dat):
+    register(_module.SPEC)
+
 
 def names() -> list[str]:
     return sorted(_SPECS)

@@ -60,6 +60,8 @@ def detect(sd: StateDict) -> Params | None:
     return {"scale": 2, "in_channels": convs[0][1], "out_channels": deconv[1]}
 
 
+FIRST_WIDTH = 16  # feature maps of the first convolution (the released networks' fixed width)
+
 SPEC = ArchSpec(
     name="waifu2x",
     title="waifu2x upconv_7",
@@ -67,7 +69,7 @@ SPEC = ArchSpec(
     scales=(2,),
     build=build,
     detect=detect,
-    feature_width=lambda params: 256,  # the widest convolution (fixed by the released networks)
+    feature_width=lambda params: FIRST_WIDTH,  # the first convolution's, as every descriptor states it
     receptive_field=PREPADDING,  # six 3x3 convs and the 4x4 deconv: 7 LR pixels on each side
     defaults={"in_channels": 3, "out_channels": 3},
 )

@@ -13,6 +13,7 @@ _BACKENDS: dict[str, str] = {
     "ort": "srkit.runtime.ort:OrtBackend",
     "trt": "srkit.runtime.tensorrt:TensorRTBackend",
     "torch": "srkit.runtime.torch:TorchBackend",
+    "ncnn": "srkit.runtime.ncnn:NcnnBackend",
 }
 ALIASES = {"onnxruntime": "ort", "ov": "openvino", "tensorrt": "trt", "pytorch": "torch"}
 

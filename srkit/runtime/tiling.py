@@ -116,8 +116,8 @@ def approximation_note(info: ModelInfo) -> str | None:
     """Why tiling this model is not exact, or None when tiled == untiled (every architecture but RCAN)."""
     if tiling_is_exact(info):
         return None
-    return (f"{info.arch} sees the whole image (global context, e.g. channel attention): tiled output "
-            "approximates the untiled one; use a larger --tile to get closer")
+    return (f"{info.arch}: tiled output approximates the untiled one (the network pools over the whole image "
+            "or anchors its windows at the image origin); a larger --tile gets closer")
 
 
 def warn_if_approximate(info: ModelInfo) -> None:

@@ -64,14 +64,18 @@ class Upscaler:
         self.on_note = on_note or log.info
         self._approximation_noted = False
         path = Path(model)
-        if path.suffix.lower() != ".onnx":
+        is_ncnn = path.suffix.lower() == ".param"  # an ncnn model (`srkit export -o m.param`): the ncnn backend
+        if path.suffix.lower() != ".onnx" and not is_ncnn:
             raise InputError(
-                f"{model}: the runtime takes an exported .onnx model; "
+                f"{model}: the runtime takes an exported .onnx model (or an ncnn .param); "
                 f"run `srkit export {model}` first (or use srkit.export.export_model)"
             )
         self.model_path = path
         self.info: ModelInfo = read_model_info(path)
-        cls = registry.pick(backend, device)
+        cls = registry.pick("ncnn" if is_ncnn and backend.lower() == "auto" else backend, device)
+        if is_ncnn != (cls.name == "ncnn"):
+            raise InputError(f"{model}: the {cls.name} backend runs {'ncnn .param' if cls.name == 'ncnn' else '.onnx'} "
+                             f"models; use {'--backend ncnn' if is_ncnn else 'the .onnx export'}")
         given = dict(backend_options)
         if checkpoint is not None:  # the PyTorch backend's weights (TorchOptions.checkpoint)
             given["checkpoint"] = checkpoint
