@@ -139,6 +139,11 @@ class Backend(ABC):
         the roofline's ONNX probes through `graph_call`."""
         return None
 
+    @classmethod
+    def splits_pipelines(cls, precision: Precision, model_precision: Precision) -> bool:
+        """Whether this backend runs a pipeline graph in stages at this precision (to keep colour in fp32)."""
+        return False
+
     def timed_call(self, x: np.ndarray) -> tuple[Callable[[], object], str] | None:
         """A model call for timing that keeps input and output on the device (None: the host call is it).
         `x` is padded to the size multiple. Backends whose device is not the host override this."""

@@ -114,6 +114,12 @@ class OpenVINOBackend(Backend):
         return lambda: request.infer({0: x})
 
     @classmethod
+    def splits_pipelines(cls, precision: Precision, model_precision: Precision) -> bool:
+        """A lowered inference precision (bf16/f16, also for an int8 model's float layers) runs a pipeline as
+        pre (fp32), the model, post (fp32): see _compile_in_stages."""
+        return precision in (Precision.BF16, Precision.FP16, Precision.AUTO)
+
+    @classmethod
     def bench_devices(cls) -> list[str]:
         return [d for d in cls.devices() if d.split(".")[0] in ("cpu", "gpu")]  # AUTO is left to explicit runs
 

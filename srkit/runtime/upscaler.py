@@ -234,6 +234,15 @@ class Upscaler:
         planes = self.run_model(imaging.to_float(y)[None, None])
         return imaging.from_float(planes[0, 0], np.dtype(np.uint8))
 
+    def luma_pipeline_pays(self) -> bool:
+        """Whether a video's luma planes should go through the y8 pipeline (uint8 in and out) rather than the
+        float model with the rounding done by the encoder thread. On two cores the pipeline pays where the
+        backend runs it as one graph (ONNX Runtime: 12.3 vs 10.8 fps, bench/test_video.py) and not where it
+        splits it into stages to keep colour in fp32 (OpenVINO at bf16: 19.1 vs 22.1 fps)."""
+        if self._pipeline_route_for(Io.Y8, (1 << 16, 1 << 16)) is None or self.info.io != Io.TENSOR:
+            return False
+        return not self._backend_cls.splits_pipelines(self.backend.options.precision, self.info.precision)
+
     def route(self, image: np.ndarray) -> str:
         """Which path `upscale(image)` takes: "pipeline" (in-graph colour and rounding), "host" or "tiled"."""
         layout = imaging.describe(image)

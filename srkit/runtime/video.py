@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from srkit import imaging
 from srkit._fs import atomic_path
 from srkit._optional import require
 from srkit.errors import InputError, SrkitError
@@ -373,6 +374,7 @@ def _run(
     decoded: queue.Queue[Any] = queue.Queue(maxsize=options.queue_size)
     upscaled: queue.Queue[Any] = queue.Queue(maxsize=options.queue_size)
     streams = [s for s in (in_video, in_audio) if s is not None]
+    luma8 = route == Route.YUV and up.luma_pipeline_pays()
 
     def decode() -> None:
         try:
@@ -382,7 +384,7 @@ def _run(
                         pipe.put(decoded, ("audio", packet))
                     continue
                 for frame in packet.decode():
-                    pipe.put(decoded, ("video", _prepare(frame, route, up.scale)))
+                    pipe.put(decoded, ("video", _prepare(frame, route, up.scale, luma8=luma8)))
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot decode {source.name}: {exc}") from None
         pipe.put(decoded, _END)
@@ -441,12 +443,12 @@ class _Frame:
     pts: int | None
     time_base: Fraction | None
     signal: dict[str, Any]  # colorspace and range, carried to the output frame
-    pixels: np.ndarray  # RGB uint8/uint16 (rgb paths) or the uint8 Y plane (yuv path)
+    pixels: np.ndarray  # RGB uint8/uint16 (rgb paths); the Y plane, uint8 (y8 pipeline) or float32 0-1 (yuv path)
     chroma: np.ndarray | None = None  # yuv path: U and V already upscaled, packed as PyAV lays them out
-    result: np.ndarray | None = None  # rgb paths: RGB as decoded; yuv path: the model's Y, uint8
+    result: np.ndarray | None = None  # rgb paths: RGB as decoded; yuv path: the model's Y, uint8 or float32
 
 
-def _prepare(frame: Any, route: Route, scale: int) -> _Frame:
+def _prepare(frame: Any, route: Route, scale: int, *, luma8: bool = False) -> _Frame:
     """Decoder thread: the frame as arrays; on the yuv path U/V are upscaled here, off the model's thread."""
     signal = {}
     for attr in ("colorspace", "color_range"):
@@ -456,6 +458,9 @@ def _prepare(frame: Any, route: Route, scale: int) -> _Frame:
         return _Frame(frame.pts, frame.time_base, signal, frame.to_ndarray(format=route.frame_format))
     h, w = frame.height, frame.width
     y = np.ascontiguousarray(frame.to_ndarray(format="yuv420p")[:h])  # video-range luma: the model's Y convention
+    if not luma8:  # the float model: to 0-1 here, in the decoder thread
+        y = y.astype(np.float32)
+        y *= np.float32(1 / 255)
     # U/V: FFmpeg's swscale scales the whole frame (bicubic, chroma siting honoured) in about 1.5 ms a 1080p
     # frame, four times less than resizing the two planes with Pillow in float; its Y plane is dropped.
     big = frame.reformat(width=w * scale, height=h * scale, format="yuv420p", interpolation="BICUBIC")
@@ -466,7 +471,10 @@ def _prepare(frame: Any, route: Route, scale: int) -> _Frame:
 def _infer(up: Any, item: _Frame, route: Route) -> _Frame:
     """The caller's thread: only the model (and what Upscaler does around it on the rgb path)."""
     if route == Route.YUV:
-        item.result = up.upscale_luma(item.pixels)  # uint8 in, uint8 out (the y8 pipeline where it runs)
+        if item.pixels.dtype == np.uint8:  # the y8 pipeline: uint8 luma in and out, rounding in the graph
+            item.result = up.upscale_luma(item.pixels)
+        else:  # the float model alone; the encoder thread rounds
+            item.result = up.run_model(item.pixels[None, None])[0, 0]
     else:
         item.result = up.upscale(item.pixels)
     item.pixels = item.pixels[:0]  # free the input early: memory stays bounded by the queues
@@ -479,7 +487,8 @@ def _finish(item: _Frame, route: Route) -> Any:
     assert item.result is not None
     if route == Route.YUV:
         assert item.chroma is not None
-        out = av.VideoFrame.from_ndarray(np.concatenate([item.result, item.chroma]), format="yuv420p")
+        luma = item.result if item.result.dtype == np.uint8 else imaging.from_float(item.result, np.dtype(np.uint8))
+        out = av.VideoFrame.from_ndarray(np.concatenate([luma, item.chroma]), format="yuv420p")
     else:
         h, w = item.result.shape[:2]
         pixels = np.ascontiguousarray(item.result[: _even(h), : _even(w)])
