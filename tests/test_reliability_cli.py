@@ -248,11 +248,12 @@ def test_sigterm_mid_quantize_removes_its_temp_folder(tmp_path: Path, espcn_x3_o
 def test_ignored_hangup_stays_ignored() -> None:
     """Under nohup SIGHUP is ignored by the parent's choice; srkit must not start to die of it."""
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or what an earlier test's library left in this process
     try:
         with clean_exit_on_signals():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
+            assert signal.getsignal(signal.SIGTERM) is not before
+        assert signal.getsignal(signal.SIGTERM) is before  # restored after the command
     finally:
         signal.signal(signal.SIGHUP, previous)
 

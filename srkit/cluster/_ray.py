@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -45,10 +47,17 @@ def connect(*, num_cpus: int | None = None) -> Connection:
             kwargs.update(address="local", num_cpus=num_cpus)
         else:
             check_reachable(address)
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             ray.init(**kwargs)
         except ConnectionError as exc:
             raise BackendUnavailableError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc}") from None
+        finally:
+            # ray.init installs its own SIGTERM handler in the driver; srkit's (temp files removed, one line)
+            # must stay in charge of this process
+            for signum, handler in handlers.items():
+                if handler is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signum, handler)
         started_here = not address
     resources = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))

@@ -126,7 +126,10 @@ class SegmentUpscaler(_LoadsUpscaler):
                     continue  # belongs to the segment before (decoded there)
                 if segment.end_pts is not None and frame.pts >= segment.end_pts:
                     break  # frames come out in presentation order: the rest is the next segment's
-                item = single._infer(self.upscaler, single._prepare(frame, route, self.upscaler.scale), route)
+                # the same luma route as one machine (the y8 pipeline where it pays), so the pixels are the same
+                luma8 = route == single.Route.YUV and self.upscaler.luma_pipeline_pays()
+                prepared = single._prepare(frame, route, self.upscaler.scale, luma8=luma8)
+                item = single._infer(self.upscaler, prepared, route)
                 pixels, fmt = _encoder_input(item, route)
                 _write_record(fh, {"pts": item.pts, "tb": str(item.time_base), "format": fmt,
                                    "signal": {k: int(v) for k, v in item.signal.items()}}, pixels)
