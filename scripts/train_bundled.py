@@ -39,7 +39,7 @@ TRAIN_IMAGES = (
 )
 # Natural photos kept out of training are the built-in bench dataset (srkit.data.HELD_OUT): the zoo's PSNR
 # figures are measured on them exactly as `srkit bench` measures them.
-# Photos from Debian's libjxl-testdata (FIELD-NOTES: "Real images, offline"; the JPEG XL project's own photos,
+# Photos from Debian's libjxl-testdata (the JPEG XL project's own photos,
 # BSD-3-clause): fetched with `apt-get download libjxl-testdata` into the training cache the first time a recipe
 # asks for them. Only the weights learnt from them ship, not the photos. The CC0 wesaturate photos from the same
 # package are held out (srkit/data), so they must never appear here.
@@ -71,7 +71,7 @@ RECIPES = {
     # also used scikit-image's moon was dropped: its docstring states no licence)
     "espcn-x3": Recipe("espcn-x3", "espcn", 3, 30000, {}, extra_photos=True, cap_image_weight=True),
     "espcn-x3-skimage": Recipe("espcn-x3-skimage", "espcn", 3, 30000, {}),
-    # the FIELD-NOTES recipe (24x24 patches, batch 64, every patch, torch init) with a cosine tail
+    # the first recipe tried here (24x24 patches, batch 64, every patch, torch init) with a cosine tail
     "espcn-x3-alt": Recipe("espcn-x3-alt", "espcn", 3, 24000, {}, batch=64, patch=24, scale_augment=False,
                            skip_flat=False, torch_init=True, schedule="cosine"),
     "espcn-x2": Recipe("espcn-x2", "espcn", 2, 12000, {}),

@@ -17,7 +17,7 @@ convolution with s*s outputs per plane (the outer product of Pillow's 1-D cubic 
 phase), then `DepthToSpace` (CRD). Pillow renormalises the taps that stay inside the image; with zero
 padding the same result is `conv(plane) / conv(ones)`, and `conv(ones)` depends only on (H, W), so the
 denominator is one small plane computed in the graph. This matches Pillow's float resize to float rounding
-and ran 2.6x faster on OpenVINO than an equivalent cubic `Resize` (FIELD-NOTES measured both).
+and, in a prototype, ran 2.6x faster on OpenVINO bf16 than an equivalent cubic `Resize` (45 vs 118 ms at 1080p).
 
 Every node, initializer and intermediate name added here starts with `PREFIX`: backends that lower
 precision (OpenVINO bf16 on a CPU) keep these nodes in fp32, so colour and rounding lose nothing.

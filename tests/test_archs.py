@@ -81,7 +81,7 @@ def rounded(shape: tuple[int, int, int], multiple: int) -> tuple[int, int, int]:
 def openvino_max_abs(onnx_path: Path, module: Any, channels: int, size_multiple: int) -> float:
     ov = pytest.importorskip("openvino")
     core = ov.Core()
-    # fp32 explicitly: on CPUs with AVX512-BF16/AMX OpenVINO otherwise runs bf16 (FIELD-NOTES 6)
+    # fp32 explicitly: on CPUs with AVX512-BF16/AMX OpenVINO otherwise runs bf16 (docs/background.md 6)
     compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     worst = 0.0
     # a network that reflect-pads its input by p needs sides above p (Real-CUGAN: 18-28): grow the shapes

@@ -30,7 +30,7 @@ def save_checkpoint(tmp_path: Path, arch: str, seed: int = 0, **params: int) -> 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_pixel_shuffle_becomes_crd_depth_to_space_with_colour(tmp_path: Path, scale: int) -> None:
-    """r = 2, 3, 4 with three channels: DCR would scramble sub-pixels across colours (FIELD-NOTES #1)."""
+    """r = 2, 3, 4 with three channels: DCR would scramble sub-pixels across colours (docs/background.md 1)."""
     ckpt = save_checkpoint(tmp_path, "espcn", scale=scale, in_channels=3)
     result = export_model(str(ckpt), tmp_path / "m.onnx")
     model = onnx.load(str(result.path))

@@ -1,7 +1,7 @@
 """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, MinMax / Entropy / Percentile.
 
 Only convolutions are quantized: SR nets are convs plus cheap element-wise ops, and integer DepthToSpace
-kernels are missing in several runtimes (FIELD-NOTES 9), so the upsampler stays float and the Q/DQ pair on
+kernels are missing in several runtimes (docs/background.md 9), so the upsampler stays float and the Q/DQ pair on
 the tensor that feeds it is removed (the output of the last conv then stays full precision too).
 
 `symmetric=True` gives the TensorRT flavour: int8 activations and weights, zero points 0.

@@ -1,6 +1,6 @@
 """The TensorRT int8 route: an explicit, symmetric Q/DQ ONNX model.
 
-TensorRT 10 deprecated and 11 removed the implicit INT8 calibrators (FIELD-NOTES 7): int8 now lives in the
+TensorRT 10 deprecated and 11 removed the implicit INT8 calibrators (docs/background.md 7): int8 now lives in the
 ONNX as QuantizeLinear/DequantizeLinear pairs with zero point 0, and TensorRT fuses them into int8 kernels.
 This module produces that model (ONNX Runtime's QDQ quantizer in its symmetric flavour, upsampler left in
 float) and checks its structure. Building an engine from it is GPU-only (srkit/runtime/tensorrt.py).

@@ -15,7 +15,7 @@ from srkit._optional import require
 from srkit.errors import BackendUnavailableError
 
 # Each actor reserves this many logical CPUs, whatever threads it runs: with whole CPUs a pool on a small node
-# takes every CPU and Ray Data's own tasks wait for one forever (FIELD-NOTES, "Ray on these machines").
+# takes every CPU and Ray Data's read and write tasks wait for one forever ("backpressured: ResourceBudget").
 ACTOR_CPUS = 0.5
 ACTOR_START_TIMEOUT_S = 600
 

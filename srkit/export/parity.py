@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,33 +64,22 @@ def real_inputs(shape: tuple[int, int, int], channels: int, seed: int) -> np.nda
     return np.ascontiguousarray(np.stack(crops), dtype=np.float32)
 
 
-def run_gate(
-    onnx_path: Path,
-    torch_module: Any,
-    *,
-    channels: int,
-    size_multiple: int,
-    static: tuple[int, int] | None,
-    max_abs: float | None = FP32_EXPORT_MAX_ABS,
-    min_psnr: float | None = None,
+def compare_with_torch(
+    run: Callable[[np.ndarray], np.ndarray], torch_module: Any, *, runtime: str, channels: int,
+    size_multiple: int, static: tuple[int, int] | None, gate: Gate,
 ) -> ParityReport:
-    """Compare ORT (CPU EP) with the torch module; raise ParityError with the numbers if the gate fails."""
-    ort = require("onnxruntime", extra="ort")
+    """`run` (NCHW float32 -> NCHW float32 on the exported file) against the torch module on real image content
+    at the gate's shapes; raise ParityError with the numbers if the gate fails."""
     torch = require("torch")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    # an fp16-I/O model (export --fp16-io) takes float16; the reference still sees the fp32 crop
-    feed = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    gate = Gate(min_psnr_db=min_psnr, max_abs=max_abs)
-    report = ParityReport(backend=f"onnxruntime {ort.__version__} CPU", gate=str(gate))
+    report = ParityReport(backend=runtime, gate=str(gate))
     worst_mse = 0.0
     for i, shape in enumerate(gate_shapes(size_multiple, static)):
         x = real_inputs(shape, channels, seed=i)
         with torch.no_grad():
             ref = torch_module(torch.from_numpy(x)).numpy()
-        out = np.asarray(session.run(None, {name: x.astype(feed)})[0], dtype=np.float32)
+        out = run(x)
         if out.shape != ref.shape:
-            raise ParityError(f"ONNX output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
+            raise ParityError(f"{runtime} output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
         report.shapes.append(list(x.shape))
         report.nonfinite += int((~np.isfinite(out)).sum())
         diff = np.abs(out.astype(np.float64) - ref)
@@ -103,6 +93,31 @@ def run_gate(
             f"{report.nonfinite} non-finite values, shapes {report.shapes}"
         )
     return report
+
+
+def run_gate(
+    onnx_path: Path,
+    torch_module: Any,
+    *,
+    channels: int,
+    size_multiple: int,
+    static: tuple[int, int] | None,
+    max_abs: float | None = FP32_EXPORT_MAX_ABS,
+    min_psnr: float | None = None,
+) -> ParityReport:
+    """Compare ORT (CPU EP) with the torch module; raise ParityError with the numbers if the gate fails."""
+    ort = require("onnxruntime", extra="ort")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    # an fp16-I/O model (export --fp16-io) takes float16; the reference still sees the fp32 crop
+    feed = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: x.astype(feed)})[0], dtype=np.float32)
+
+    return compare_with_torch(run, torch_module, runtime=f"onnxruntime {ort.__version__} CPU", channels=channels,
+                              size_multiple=size_multiple, static=static,
+                              gate=Gate(min_psnr_db=min_psnr, max_abs=max_abs))
 
 
 def run_ncnn_gate(
@@ -121,7 +136,6 @@ def run_ncnn_gate(
     """The `ncnn` package on the CPU, in fp32 arithmetic, against the torch module at the same shapes as the ONNX
     gate (one image per extractor: ncnn has no batch axis); raise ParityError with the numbers if it fails."""
     ncnn = require("ncnn", extra="ncnn")
-    torch = require("torch")
     net = ncnn.Net()
     # fp32 arithmetic: the gate measures the file (its fp16 or fp32 weights), not a reduced-precision run
     for option in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
@@ -130,32 +144,16 @@ def run_ncnn_gate(
             setattr(net.opt, option, False)
     if net.load_param(str(param_path)) != 0 or net.load_model(str(bin_path)) != 0:
         raise ParityError(f"ncnn could not load the exported {param_path.name} / {bin_path.name}")
-    gate = Gate(min_psnr_db=min_psnr, max_abs=max_abs)
-    report = ParityReport(backend=f"ncnn {ncnn.__version__} CPU fp32", gate=str(gate))
-    worst_mse = 0.0
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.stack([ncnn_forward(net, item, input_blob, output_blob) for item in x])
+
     try:
-        for i, shape in enumerate(gate_shapes(size_multiple, static)):
-            x = real_inputs(shape, channels, seed=i)
-            with torch.no_grad():
-                ref = torch_module(torch.from_numpy(x)).numpy()
-            out = np.stack([ncnn_forward(net, item, input_blob, output_blob) for item in x])
-            if out.shape != ref.shape:
-                raise ParityError(f"ncnn output shape {out.shape} != PyTorch {ref.shape} for input {x.shape}")
-            report.shapes.append(list(x.shape))
-            report.nonfinite += int((~np.isfinite(out)).sum())
-            diff = np.abs(out.astype(np.float64) - ref)
-            report.max_abs = max(report.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
-            worst_mse = max(worst_mse, float(np.nanmean(diff**2)))
+        return compare_with_torch(run, torch_module, runtime=f"ncnn {ncnn.__version__} CPU fp32", channels=channels,
+                                  size_multiple=size_multiple, static=static,
+                                  gate=Gate(min_psnr_db=min_psnr, max_abs=max_abs))
     finally:
         net.clear()
-    report.psnr_db = psnr_from_mse(worst_mse)
-    report.passed = gate.passes(report.psnr_db, report.max_abs, report.nonfinite)
-    if not report.passed:
-        raise ParityError(
-            f"parity gate failed ({gate}): max abs error {report.max_abs:.3g}, PSNR {report.psnr_db:.2f} dB, "
-            f"{report.nonfinite} non-finite values, shapes {report.shapes}"
-        )
-    return report
 
 
 def ncnn_forward(net: Any, chw: np.ndarray, input_blob: str, output_blob: str) -> np.ndarray:

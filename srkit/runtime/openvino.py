@@ -207,7 +207,7 @@ class OpenVINOBackend(Backend):
         import onnx
 
         stages = split(onnx.load_from_string(self.graph))
-        self.stage_names = (stages.model_output,)
+        self.model_output_name = stages.model_output  # what post takes from the model stage
         fp32 = {**config, "INFERENCE_PRECISION_HINT": "f32"}
         compiled = []
         for part, part_config in ((stages.pre, fp32), (stages.model, config), (stages.post, fp32)):
@@ -230,7 +230,7 @@ class OpenVINOBackend(Backend):
             (model_in,) = pre.run({0: x})
             (model_out,) = model.run({0: model_in})
             # post takes the model's output and, where it needs it (chroma, the crop's size), the image
-            feeds = {self.stage_names[0]: model_out, PIPELINE_INPUT: x}
+            feeds = {self.model_output_name: model_out, PIPELINE_INPUT: x}
             return post.run({name: feeds[name] for name in post.input_names})[0]
         out = self.stages[0].run({0: x})[0]
         return out.astype(np.float32, copy=False) if self.info.io == Io.TENSOR else out

@@ -3,7 +3,7 @@
 Lower precision lives in the ONNX itself (fp16 weights/ops, or explicit Q/DQ for int8): TensorRT 11 removed
 `BuilderFlag.FP16/INT8`, so the network is built *strongly typed* and runs the types the model declares.
 
-Engines and timing caches are tied to the GPU model and the TensorRT version (FIELD-NOTES 7), so both are
+Engines and timing caches are tied to the GPU model and the TensorRT version (docs/background.md 7), so both are
 cached under a key of model sha256 + GPU name + compute capability + TensorRT version + optimization
 profile, with a JSON sidecar that says what an engine was built for. A cached engine whose sidecar disagrees
 with the current key is stale: it is rebuilt, or refused with a clear message when rebuilding is disabled
