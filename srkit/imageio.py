@@ -12,7 +12,11 @@
   leave 0-1 by more than one 8-bit step (0-255 data, HDR) or hold NaN/inf is refused, never clipped or scaled by
   a guess. A float32 image written to .tif/.tiff stays a float32 TIFF; to other formats it becomes 8 bits.
 - The declared size is checked before anything is decoded: more than `SRKIT_MAX_MEGAPIXELS` (default 120)
-  megapixels is refused in one line, so a small "bomb" file cannot take gigabytes of memory first.
+  megapixels is refused in one line, so a small "bomb" file cannot take gigabytes of memory first; so is an
+  image whose decoding would not fit in the memory free now.
+- Reading is bounded: the peak is the decoder's own image plus the array returned (Pillow's pixels are copied
+  out a band of rows at a time; OpenCV's channel swap is done in place), about 2.5 times the array for 8-bit
+  RGB and 2.2 times for 16-bit colour (OpenCV's own peak), measured by tests/test_image_limits.py.
 - Writes are atomic: a temp file beside the target, renamed into place only when complete.
 """
 
@@ -30,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, TiffImagePlugin
+from PIL import Image, TiffImagePlugin
 
 from srkit._fs import atomic_path
+from srkit._system import available_memory_bytes
 from srkit.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -48,6 +53,12 @@ MAX_PIXELS = int(DEFAULT_MAX_MEGAPIXELS * 1_000_000)
 # Float samples beyond 0-1 by less than one 8-bit step are rounding noise and clipped; further out is refused.
 FLOAT_TOLERANCE = 1.0 / 255.0
 ORIENTATION_TAG = 0x0112
+# Peak bytes per pixel while decoding, checked against the free memory before decoding: Pillow keeps 4 bytes a
+# pixel and srkit's array takes up to 4 more; OpenCV's decoder holds two images at its peak (measured).
+_PILLOW_BYTES_PER_PIXEL = 8
+_OPENCV_COPIES = 2
+_OPENCV_BYTES_PER_SAMPLE = 2 * _OPENCV_COPIES  # 16-bit samples
+_BAND_BYTES = 2 << 20  # Pillow -> numpy conversion in bands of about this much
 
 
 @dataclass
@@ -86,11 +97,16 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> ImageFile:
             fmt = img.format or ""
             frames = int(getattr(img, "n_frames", 1) or 1)
             if _is_16bit_colour(img):
-                orientation = int(img.getexif().get(ORIENTATION_TAG, 1) or 1)
-                pixels = _orient(_read_16bit_colour(path), orientation)
+                orientation = _orientation_without_decoding(img, path)
+                check_decode_memory(path, img.width, img.height, _OPENCV_BYTES_PER_SAMPLE * len(img.mode))
+                pixels = _read_16bit_colour(path)
             else:
+                check_decode_memory(path, img.width, img.height, _PILLOW_BYTES_PER_PIXEL)
                 img.load()
-                pixels = _to_array(ImageOps.exif_transpose(img))
+                orientation = int(img.getexif().get(ORIENTATION_TAG, 1) or 1)
+                pixels = _pillow_pixels(img)
+                img.close()  # frees Pillow's copy before orienting, which may take one more
+            pixels = _orient(pixels, orientation)
             if pixels.dtype.kind == "f":
                 pixels = unit_float(pixels, path)
     except InputError:
@@ -123,6 +139,18 @@ def check_declared_size(path: Path, width: int, height: int, limit: int) -> None
             f"{path} declares {width}x{height} pixels ({width * height / 1e6:.1f} MP), over the limit of "
             f"{limit / 1e6:g} MP on decoding; if the file is trusted, raise it with {MAX_MEGAPIXELS_ENV}="
             f"{_suggested_megapixels(width * height)}"
+        )
+
+
+def check_decode_memory(path: Path, width: int, height: int, bytes_per_pixel: int) -> None:
+    """Refuse, before decoding, an image whose decoding would not fit in the memory free now: one line
+    naming the need, instead of swapping or the OOM killer."""
+    need = width * height * bytes_per_pixel
+    free = available_memory_bytes()
+    if free is not None and need > free:
+        raise InputError(
+            f"{path}: decoding {width}x{height} pixels needs about {need / 2**30:.1f} GiB of memory and "
+            f"{free / 2**30:.1f} GiB is free"
         )
 
 
@@ -208,17 +236,9 @@ def _float_tiff_needing_opencv(path: Path, limit: int) -> ImageFile | None:
         raise InputError(
             f"cannot read image {path}: {header.bits}-bit float samples are not supported; save it as 32-bit float"
         )
-    from srkit._optional import require
-
-    cv2 = require("cv2", extra="images", purpose="float colour TIFF images")
-    arr = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise InputError(f"cannot read image {path}: OpenCV could not decode it (truncated or corrupt?)")
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = arr[..., ::-1]
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., [2, 1, 0, 3]]
-    elif arr.ndim == 3:
+    check_decode_memory(path, header.width, header.height, header.samples * header.bits // 8 * _OPENCV_COPIES)
+    arr = _opencv_decode(path, purpose="float colour TIFF images")
+    if arr.ndim == 3 and arr.shape[2] not in (3, 4):
         raise InputError(f"cannot read image {path}: {arr.shape[2]} float channels (expected 1, 3 or 4)")
     pixels = unit_float(_orient(arr, header.orientation), path)
     return ImageFile(pixels, header.icc_profile, "TIFF")
@@ -265,18 +285,60 @@ def _is_16bit_colour(img: Image.Image) -> bool:
 
 
 def _read_16bit_colour(path: Path) -> np.ndarray:
+    arr = _opencv_decode(path, purpose="16-bit colour images")
+    return np.ascontiguousarray(arr.astype(np.uint16, copy=False))
+
+
+def _opencv_decode(path: Path, *, purpose: str) -> np.ndarray:
+    """OpenCV's decoding, channels in RGB(A) order. Bounded: the file's bytes are dropped before the channels
+    are swapped, and the swap is done in place, so the peak is the file plus one decoded image."""
     from srkit._optional import require
 
-    cv2 = require("cv2", extra="images", purpose="16-bit colour images")
+    cv2 = require("cv2", extra="images", purpose=purpose)
     data = np.fromfile(str(path), dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    del data
     if arr is None:
         raise InputError(f"cannot read image {path}: OpenCV could not decode it (truncated or corrupt?)")
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = arr[..., ::-1]
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., [2, 1, 0, 3]]
-    return np.ascontiguousarray(arr.astype(np.uint16, copy=False))
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        _swap_red_blue_in_place(arr)
+    return arr
+
+
+def _swap_red_blue_in_place(arr: np.ndarray) -> None:
+    # By bands: a whole-image fancy index (or cv2.cvtColor, even with dst=src) allocates a second image.
+    rows = max(1, _BAND_BYTES // max(1, arr.strides[0]))
+    for top in range(0, arr.shape[0], rows):
+        band = arr[top : top + rows]
+        band[..., [0, 2]] = band[..., [2, 0]]
+
+
+def _orientation_without_decoding(img: Image.Image, path: Path) -> int:
+    """The EXIF orientation of an image OpenCV will decode. Pillow's PNG getexif() decodes the whole image
+    (as 8 bits) when the eXIf chunk is not before the pixels; walking the chunks finds it without that."""
+    if img.format != "PNG" or "exif" in img.info:
+        return int(img.getexif().get(ORIENTATION_TAG, 1) or 1)
+    exif = Image.Exif()
+    data = _png_chunk(path, b"eXIf")
+    if data:
+        exif.load(data)
+    return int(exif.get(ORIENTATION_TAG, 1) or 1)
+
+
+def _png_chunk(path: Path, kind: bytes) -> bytes | None:
+    """The data of the first chunk of this type, seeking past the others (IDAT included)."""
+    with open(path, "rb") as fp:
+        fp.seek(8)  # the signature
+        while header := fp.read(8):
+            if len(header) < 8:
+                return None
+            length, chunk = struct.unpack(">I4s", header)
+            if chunk == kind:
+                return fp.read(length)
+            if chunk == b"IEND":
+                return None
+            fp.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    return None
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -292,6 +354,22 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     }
     op = ops.get(orientation)
     return np.ascontiguousarray(op(arr)) if op else arr
+
+
+def _pillow_pixels(img: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as an array, converted a band of rows at a time.
+
+    Bounded: `np.asarray` of a whole image builds the bytes twice (Pillow's tobytes chunks, then their join)
+    beside Pillow's own 4-bytes-a-pixel copy, 4.6 times the result for an 8-bit RGB PNG; by bands, the peak is
+    Pillow's copy plus the result."""
+    width, height = img.size
+    rows = max(1, _BAND_BYTES // max(1, 4 * width))
+    first = _to_array(img.crop((0, 0, width, min(rows, height))))
+    out = np.empty((height, *first.shape[1:]), dtype=first.dtype)
+    out[: first.shape[0]] = first
+    for top in range(first.shape[0], height, rows):
+        out[top : top + rows] = _to_array(img.crop((0, top, width, min(top + rows, height))))
+    return out
 
 
 def _to_array(img: Image.Image) -> np.ndarray:

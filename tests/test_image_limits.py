@@ -216,6 +216,46 @@ def test_bomb_is_refused_from_its_header_in_bounded_memory(tmp_path: Path) -> No
     assert result["rss_mb"] < 400, result
 
 
+# Peak over the array returned: before bounded reading, 4.6 (8-bit RGB, Pillow) and 2.7 (16-bit RGBA, OpenCV);
+# now 2.5 and 2.2 (OpenCV's decoder itself holds two images at its peak).
+@pytest.mark.parametrize(("bit_depth", "colour_type", "most"), [(8, 2, 2.8), (16, 6, 2.45)])
+def test_large_images_are_read_in_bounded_memory(tmp_path: Path, bit_depth: int, colour_type: int,
+                                                 most: float) -> None:
+    if bit_depth == 16:
+        pytest.importorskip("cv2")
+    path = bomb_png(tmp_path / "large.png", 4000, 3000, bit_depth=bit_depth, colour_type=colour_type)
+    script = (
+        "import json, re, sys\n"
+        "from srkit.imageio import load_image\n"
+        "def kb(key): return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM to the current RSS\n"
+        "before = kb('VmRSS')\n"
+        "pixels = load_image(sys.argv[1]).pixels\n"
+        "print(json.dumps({'peak': (kb('VmHWM') - before) * 1024, 'bytes': pixels.nbytes,\n"
+        "                  'shape': pixels.shape, 'dtype': str(pixels.dtype)}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env=_env_without_limit())
+    if "clear_refs" in run.stderr:
+        pytest.skip("this kernel cannot reset a process's peak RSS (/proc/self/clear_refs)")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["shape"] == [3000, 4000, 3 if colour_type == 2 else 4]
+    assert result["dtype"] == ("uint8" if bit_depth == 8 else "uint16")
+    assert result["peak"] <= most * result["bytes"], f"peak {result['peak'] / result['bytes']:.2f}x the array"
+
+
+def test_an_image_that_cannot_fit_in_free_memory_is_refused_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = bomb_png(tmp_path / "large.png", 4000, 3000, bit_depth=8, colour_type=2)
+    monkeypatch.setattr(imageio, "available_memory_bytes", lambda: 50 << 20)
+    with pytest.raises(InputError, match=r"decoding 4000x3000 pixels needs about 0\.1 GiB of memory and "
+                                         r"0\.0 GiB is free"):
+        read_image(path)
+    monkeypatch.setattr(imageio, "available_memory_bytes", lambda: None)  # unknown: no refusal
+    assert read_image(path).shape == (3000, 4000, 3)
+
+
 def _env_without_limit() -> dict[str, str]:
     import os
 

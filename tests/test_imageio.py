@@ -142,8 +142,10 @@ def test_numpy_orientation_matches_pillow(photo: np.ndarray, orientation: int) -
     np.testing.assert_array_equal(_orient(photo, orientation), expected)
 
 
-def test_16bit_png_with_exif_orientation(tmp_path: Path, photo16: np.ndarray) -> None:
-    """The OpenCV path applies the orientation too (an eXIf chunk added after IHDR)."""
+@pytest.mark.parametrize("where", ["after IHDR", "before IEND"])
+def test_16bit_png_with_exif_orientation(tmp_path: Path, photo16: np.ndarray, where: str) -> None:
+    """The OpenCV path applies the orientation too, also from an eXIf chunk after the pixels (found by
+    walking the chunks: Pillow would decode the whole image to find it)."""
     pytest.importorskip("cv2")
     path = write_image(tmp_path / "deep.png", np.ascontiguousarray(np.rot90(photo16, 1)))
     exif = Image.Exif()
@@ -153,7 +155,8 @@ def test_16bit_png_with_exif_orientation(tmp_path: Path, photo16: np.ndarray) ->
     body = b"eXIf" + raw
     chunk = struct.pack(">I", len(raw)) + body + struct.pack(">I", zlib.crc32(body))
     data = path.read_bytes()
-    path.write_bytes(data[:33] + chunk + data[33:])
+    at = 33 if where == "after IHDR" else len(data) - 12  # IEND is the last 12 bytes
+    path.write_bytes(data[:at] + chunk + data[at:])
     back = read_image(path)
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, photo16)

@@ -374,7 +374,8 @@ def working_set_bytes(width: int, height: int, scale: int, features: int) -> int
 def refuse_oversized_job(label: str, width: int, height: int, scale: int, *, features: dict | None) -> None:
     """An untiled size (bench --size, export --static) that cannot fit in this machine's memory is refused
     before the work, not left to the OOM killer."""
-    from srkit.runtime.tiling import DEFAULT_FEATURES, available_memory_bytes, features_of
+    from srkit._system import available_memory_bytes
+    from srkit.runtime.tiling import DEFAULT_FEATURES, features_of
 
     need = working_set_bytes(width, height, scale, features_of(features) if features else DEFAULT_FEATURES)
     free = available_memory_bytes() or 8 << 30

@@ -28,7 +28,6 @@ channels at the input resolution and at the output resolution (the upsampling ta
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from srkit import imaging
+from srkit._system import available_memory_bytes
 from srkit.errors import InputError
 from srkit.meta import ModelInfo, feature_width, tiling_is_exact
 
@@ -125,20 +125,6 @@ def warn_if_approximate(info: ModelInfo) -> None:
     note = approximation_note(info)
     if note is not None:
         warnings.warn(note, ApproximateTilingWarning, stacklevel=3)
-
-
-def available_memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def default_budget() -> int:

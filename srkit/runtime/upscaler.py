@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from srkit import imaging
+from srkit._system import available_memory_bytes
 from srkit.errors import InputError
 from srkit.meta import Color, Io, ModelInfo, Precision, read_model_info
 from srkit.runtime import registry, tiling
@@ -335,7 +336,7 @@ class Upscaler:
         if self.tile is not None:
             return self.tile
         need = self._untiled_bytes(height, width)
-        free = tiling.available_memory_bytes()
+        free = available_memory_bytes()
         budget = min(UNTILED_BUDGET_BYTES, free // 2) if free else UNTILED_BUDGET_BYTES
         if need <= budget:
             return None
