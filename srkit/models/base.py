@@ -22,6 +22,26 @@ def num_feat(params: Params) -> int:
 
 
 @dataclass(frozen=True)
+class ConversionPiece:
+    """One consecutive part of a network, converted on its own where a converter cannot take the whole graph.
+
+    `inputs` and `outputs` name the values the piece takes and returns, in the order of its forward's arguments
+    and of the tuple it returns. The first piece takes `IMAGE_IN`, the last returns `IMAGE_OUT`; every other value
+    is returned by one piece and taken by exactly one later piece. `channels` gives each input's channel count
+    and `stride` how much smaller than the image its height and width are (both for tracing).
+    """
+
+    module: Any
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    channels: tuple[int, ...]
+    stride: int = 1
+
+
+IMAGE_IN, IMAGE_OUT = "image", "upscaled"
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """One registered architecture and the facts srkit must know about it (after spandrel's descriptor).
 
@@ -53,6 +73,9 @@ class ArchSpec:
     # False when the weights do not tell the scale (e.g. SRCNN works at any scale it was trained for)
     scale_in_weights: bool = True
     defaults: Params = field(default_factory=dict)
+    # (module, params) -> the pieces pnnx converts one by one when the whole network is beyond it (pnnx's
+    # memory grows exponentially with RRDBNet's depth); None: converted whole
+    conversion_pieces: Callable[[Any, Params], list[ConversionPiece]] | None = None
 
     def facts(self, params: Params) -> dict[str, str]:
         """What the export records in the model's metadata (srkit.<key>), for the runtime and the tools."""

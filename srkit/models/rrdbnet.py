@@ -9,6 +9,7 @@ which is why those need input sizes that are multiples of 2 or 4.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srkit.meta import Color
-from srkit.models.base import ArchSpec, Params, StateDict
+from srkit.models.base import IMAGE_IN, IMAGE_OUT, ArchSpec, ConversionPiece, Params, StateDict
 from srkit.models.util import conv_shape
 
 # pixel-unshuffle factor in front of conv_first, by scale (the body always upsamples x4)
@@ -80,13 +81,74 @@ class RRDBNet(nn.Module):
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.first_features(x)
+        return self.upsample(feat, self.body(feat))
+
+    def first_features(self, x: torch.Tensor) -> torch.Tensor:
         # F.pixel_unshuffle exports as Reshape/Transpose with 0/-1 dims, so H and W stay dynamic
-        feat = F.pixel_unshuffle(x, self.unshuffle) if self.unshuffle > 1 else x
-        feat = self.conv_first(feat)
-        feat = feat + self.conv_body(self.body(feat))
+        return self.conv_first(F.pixel_unshuffle(x, self.unshuffle) if self.unshuffle > 1 else x)
+
+    def upsample(self, feat: torch.Tensor, body_out: torch.Tensor) -> torch.Tensor:
+        feat = feat + self.conv_body(body_out)
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+# pnnx's ncnn pass needs about twice the memory for every RRDB block beyond ~16 in one graph (feature width 8:
+# 16 blocks 0.3 GB, 19: 1.6 GB, 21: 5.9 GB, 23: killed at 21 GB); converted in pieces of at most this many blocks,
+# each piece of x4plus (64 features) takes ~0.7 GB and ~10 s
+BLOCKS_PER_PIECE = 12
+
+
+# Each piece holds the whole network and runs a slice of its body: registering the slice's blocks as a second
+# attribute would reach one module by two paths, and pnnx then leaves those convolutions unconverted.
+class _Head(nn.Module):
+    """image -> (first features, output of the first blocks)."""
+
+    def __init__(self, net: RRDBNet, end: int) -> None:
+        super().__init__()
+        self.net, self.end = net, end
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.net.first_features(x)
+        return feat, self.net.body[: self.end](feat)
+
+
+class _Blocks(nn.Module):
+    def __init__(self, net: RRDBNet, start: int, end: int) -> None:
+        super().__init__()
+        self.net, self.start, self.end = net, start, end
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net.body[self.start : self.end](h)
+
+
+class _Tail(nn.Module):
+    """(first features, output of the earlier blocks) -> the last blocks, the long skip and the upsampler."""
+
+    def __init__(self, net: RRDBNet, start: int) -> None:
+        super().__init__()
+        self.net, self.start = net, start
+
+    def forward(self, feat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.net.upsample(feat, self.net.body[self.start :](h))
+
+
+def conversion_pieces(net: RRDBNet, p: Params) -> list[ConversionPiece]:
+    """Head, middle runs of blocks and tail, each at most BLOCKS_PER_PIECE blocks deep; [] when one piece does."""
+    n = len(net.body)
+    if n <= BLOCKS_PER_PIECE:
+        return []
+    runs = -(-n // BLOCKS_PER_PIECE)
+    bounds = [round(i * n / runs) for i in range(runs + 1)]
+    width, stride = int(p["num_feat"]), UNSHUFFLE[int(p["scale"])]
+    pieces = [ConversionPiece(_Head(net, bounds[1]), (IMAGE_IN,), ("feat", "h1"), (int(p["in_channels"]),))]
+    pieces += [ConversionPiece(_Blocks(net, start, end), (f"h{i}",), (f"h{i + 1}",), (width,), stride)
+               for i, (start, end) in enumerate(itertools.pairwise(bounds[1:-1]), start=1)]
+    pieces.append(ConversionPiece(_Tail(net, bounds[-2]), ("feat", f"h{runs - 1}"), (IMAGE_OUT,), (width, width),
+                                  stride))
+    return pieces
 
 
 def size_multiple(p: Params) -> int:
@@ -141,4 +203,5 @@ SPEC = ArchSpec(
     # own tiled inference pads tiles by 10 px. 32 keeps seams invisible at a bounded tiling cost.
     receptive_field=32,
     defaults={"in_channels": 3, "out_channels": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32},
+    conversion_pieces=conversion_pieces,
 )

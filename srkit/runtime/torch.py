@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from srkit._optional import require
+from srkit._system import cpu_flags
 from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import ModelInfo, Precision
 from srkit.runtime.base import Backend
@@ -39,11 +40,7 @@ class TorchBackend(Backend):
     def capabilities(cls, device: str) -> list[str]:
         if device.lower() != "cpu":
             return []
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-        return ["BF16"] if any(flag in flags for flag in ("avx512_bf16", "amx_bf16")) else []
+        return ["BF16"] if cpu_flags() & {"avx512_bf16", "amx_bf16"} else []
 
     @classmethod
     def precision_candidates(
