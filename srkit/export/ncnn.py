@@ -224,11 +224,25 @@ def convert(
         outputs = [_convert_piece(piece, shapes, work / f"piece{i}", fp16=fp16, arch=info.arch)
                    for i, piece in enumerate(pieces)]
         texts = [piece_param.read_text(encoding="utf-8") for piece_param, _ in outputs]
-        param.write_text(texts[0] if len(pieces) == 1 else join_pieces(texts, pieces, str(param)), encoding="utf-8")
+        text = texts[0] if len(pieces) == 1 else join_pieces(texts, pieces, str(param))
+        refuse_unconverted_layers(text, info.arch)
+        param.write_text(text, encoding="utf-8")
         with weights.open("wb") as joined:
             for _, piece_bin in outputs:
                 with piece_bin.open("rb") as part:
                     shutil.copyfileobj(part, joined)
+
+
+def refuse_unconverted_layers(text: str, arch: str) -> None:
+    """pnnx writes an operation it has no ncnn layer for under its PyTorch name (`torch.index_select`,
+    `Tensor.reshape`, `pnnx.Expression` for shape arithmetic): ncnn would refuse to load the file."""
+    left: dict[str, int] = {}
+    for layer in parse_layers(text, arch):
+        if "." in layer.type:
+            left[layer.type] = left.get(layer.type, 0) + 1
+    if left:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(left.items()))
+        raise ExportError(f"pnnx could not convert {arch} to ncnn: ncnn has no layer for {ops}")
 
 
 def _convert_piece(piece: ConversionPiece, shapes: list[tuple[int, int]], stem: Path, *, fp16: bool,
