@@ -201,6 +201,8 @@ class VideoSink(_SinkContext):
 
     def close(self) -> None:
         if self._sink is None:
+            if self.frames:
+                return  # closed already
             raise InputError(f"{self.path}: no frames to write")
         assert self._exit is not None
         try:
