@@ -175,12 +175,10 @@ def _say_what_runs(up: Upscaler) -> None:
 def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, crf: int | None,
                    preset: str | None) -> None:
     from srkit.runtime.container import check_encoder, check_video_output, probe
-    from srkit.runtime.video import VideoOptions, upscale_video
+    from srkit.runtime.video import VideoOptions, default_output, upscale_video
 
     info = probe(src)  # a corrupt or missing video, or a bad encoder or container, fails before the model loads
-    dst = Path(output) if output else src.with_name(f"{src.stem}_x{up.scale}.mp4")
-    if dst.is_dir():
-        dst = dst / f"{src.stem}_x{up.scale}.mp4"
+    dst = default_output(src, output, up.scale)
     check_encoder(codec, crf)
     check_video_output(dst, codec)
     refuse_overwriting_inputs(dst, [src])
@@ -269,13 +267,11 @@ def _upscale_video_on_ray(src: Path, output: str | None, model_path: Path, scale
                           codec: str, crf: int | None, preset: str | None) -> None:
     from srkit.cluster.video import upscale_video_on_ray
     from srkit.runtime.container import check_encoder, probe
-    from srkit.runtime.video import VideoOptions
+    from srkit.runtime.video import VideoOptions, default_output
 
     probe(src)  # a corrupt or missing video, or a bad encoder, fails before Ray starts
     check_encoder(codec, crf)
-    dst = Path(output) if output else src.with_name(f"{src.stem}_x{scale}.mp4")
-    if dst.is_dir():
-        dst = dst / f"{src.stem}_x{scale}.mp4"
+    dst = default_output(src, output, scale)
     refuse_overwriting_inputs(dst, [src])
     with progress(None, f"upscaling {src.name} on Ray"):
         video_options = VideoOptions(codec=codec, crf=crf, preset=preset)

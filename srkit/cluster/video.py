@@ -38,7 +38,7 @@ from srkit.cluster.images import ClusterOptions, _worker_count, _worker_options
 from srkit.cluster.workers import WorkerOptions, _LoadsUpscaler
 from srkit.errors import InputError
 from srkit.runtime import container
-from srkit.runtime.video import VideoOptions
+from srkit.runtime.video import VideoOptions, check_video_job
 
 SEGMENTS_PER_WORKER = 2
 
@@ -183,10 +183,7 @@ def upscale_video_on_ray(src: str | Path, dst: str | Path, model: str | Path, op
     options = options or ClusterOptions()
     video_options = video_options or VideoOptions()
     src, dst = Path(src), Path(dst)
-    container.check_video_output(dst)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise InputError(f"refusing to overwrite the input {src}; choose another output with -o")
-    encoder = container.encoder_options(video_options.codec, video_options.crf, video_options.preset)
+    encoder = check_video_job(src, dst, video_options)
     info = container.probe(src)
     start = time.perf_counter()
     from srkit.meta import read_model_info

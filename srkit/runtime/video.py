@@ -152,10 +152,7 @@ def upscale_video(
     """
     options = options or VideoOptions()
     src, dst = Path(src), Path(dst)
-    check_video_output(dst)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise InputError(f"refusing to overwrite the input {src}; choose another output with -o")
-    encoder = encoder_options(options.codec, options.crf, options.preset)
+    encoder = check_video_job(src, dst, options)
     start = time.perf_counter()
     source = open_input(src)
     try:
@@ -198,6 +195,21 @@ def upscale_video(
         pix_fmt=spec.pix_fmt,
         rotation=info.rotation,
     )
+
+
+def check_video_job(src: Path, dst: Path, options: VideoOptions) -> dict[str, str]:
+    """The encoder's options, after the checks made before any frame (one machine and a cluster alike): a video
+    suffix, the input not overwritten, an encoder that exists and a CRF it takes."""
+    check_video_output(dst)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise InputError(f"refusing to overwrite the input {src}; choose another output with -o")
+    return encoder_options(options.codec, options.crf, options.preset)
+
+
+def default_output(src: Path, output: str | Path | None, scale: int) -> Path:
+    """Where a video's result goes: `output`, or `NAME_xS.mp4` beside the input (or in `output`, a folder)."""
+    dst = Path(output) if output else src.with_name(f"{src.stem}_x{scale}.mp4")
+    return dst / f"{src.stem}_x{scale}.mp4" if dst.is_dir() else dst
 
 
 @dataclass
