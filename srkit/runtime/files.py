@@ -150,10 +150,11 @@ def upscale_files(
     for first in range(0, len(plan.jobs), batch):
         chunk = plan.jobs[first : first + batch]
         if skip_existing:
-            for src, dst in [job for job in chunk if job[1].exists()]:
+            finished = [job for job in chunk if job[1].exists()]
+            for src, dst in finished:
                 remove_stale_temp_files(dst)
                 record(FileOutcome(src, dst, Status.SKIPPED))
-            chunk = [job for job in chunk if not job[1].exists()]
+            chunk = [job for job in chunk if job not in finished]
         for outcome in _upscale_chunk(upscaler, chunk, quality):
             if skip_existing and outcome.status == Status.DONE:
                 remove_stale_temp_files(outcome.dst)
