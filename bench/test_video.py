@@ -29,10 +29,11 @@ ROWS = [("openvino", "int8", "bf16"), ("openvino", "int8", "fp32"), ("openvino",
 
 @pytest.fixture(scope="module")
 def clip_360p(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    video = pytest.importorskip("srkit.runtime.video")
     pytest.importorskip("av", reason="video needs PyAV (pip install 'srkit[video]')")
-    return video.synthesize_clip(tmp_path_factory.mktemp("video") / "clip360.mp4", size=(640, 360),
-                                 frames=FRAMES, fps=30)
+    from srkit.data import write_sample_clip
+
+    return write_sample_clip(tmp_path_factory.mktemp("video") / "clip360.mp4", size=(640, 360), frames=FRAMES,
+                             fps=30)
 
 
 @pytest.mark.parametrize(("backend", "weights", "precision"), ROWS,

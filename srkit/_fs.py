@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import re
@@ -71,6 +72,18 @@ def current_umask() -> int:
 def new_file_mode() -> int:
     """The mode any new file of the user gets (0644 under umask 022); mkstemp's own 0600 is for the temp only."""
     return 0o666 & ~current_umask()
+
+
+def remove_stale_temp_files(dst: Path) -> None:
+    """Remove the temp files a killed writer left beside `dst`: `atomic_path` names them prefix + tempfile's 8
+    random characters + suffix (`temp_affixes`). Only a write of this same output makes such a name (the exact
+    pattern keeps `a.png` from touching the temp file of `a.b.png`). Call it only where no other writer of `dst`
+    can still be running (a resumed run: Ray retries an item only after the worker that held it has died)."""
+    prefix, suffix = temp_affixes(dst)
+    pattern = re.compile(rf"{re.escape(prefix)}[a-z0-9_]{{8}}{re.escape(suffix)}")
+    for stale in glob.glob(str(dst.parent / f"{glob.escape(prefix)}*{glob.escape(suffix)}")):
+        if pattern.fullmatch(Path(stale).name):
+            Path(stale).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

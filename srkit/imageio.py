@@ -17,11 +17,13 @@
 - Reading is bounded: the peak is the decoder's own image plus the array returned (Pillow's pixels are copied
   out a band of rows at a time; OpenCV's channel swap is done in place), about 2.5 times the array for 8-bit
   RGB and 2.2 times for 16-bit colour (OpenCV's own peak), measured by tests/test_image_limits.py.
-- Writes are atomic: a temp file beside the target, renamed into place only when complete.
+- Writes are atomic: a temp file beside the target, renamed into place only when complete. `encode_image`
+  gives the same bytes in memory.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -395,24 +397,30 @@ def write_image(
     path: str | Path, image: np.ndarray, *, quality: int = 95, icc_profile: bytes | None = None
 ) -> Path:
     """Write atomically; the format comes from the extension. `quality` (1-100) applies to JPEG and WebP
-    (WebP at 100 is written lossless)."""
+    (WebP at 100 is written lossless). The bytes are `encode_image`'s."""
     path = Path(path)
-    suffix = path.suffix.lower()
     if not is_image_path(path):
         raise InputError(f"unsupported output extension {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    data = encode_image(image, path.suffix, quality=quality, icc_profile=icc_profile)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def encode_image(
+    image: np.ndarray, format: str, *, quality: int = 95, icc_profile: bytes | None = None
+) -> bytes:
+    """The bytes of an image file, in memory: what `write_image` writes, for senders that are not files (an
+    HTTP response, an object store). `format`: a suffix or a name, "png", ".jpg", "JPEG", "webp", "tiff", "bmp".
+    The bit depth, gray, alpha and float rules are `write_image`'s (see the module docstring)."""
+    suffix = _suffix_for(format)
     if not 1 <= quality <= 100:
         raise InputError(f"quality must be 1-100, not {quality}")
     image = _normalise_for(image, suffix)
     if image.dtype == np.float32 and image.ndim == 3:
-        data = _encode_float_colour_tiff(image)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-        return path
+        return _encode_float_colour_tiff(image)
     if image.dtype == np.uint16 and image.ndim == 3:
-        data = _encode_16bit_colour(image, suffix, icc_profile)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-        return path
+        return _encode_16bit_colour(image, suffix, icc_profile)
     img = Image.fromarray(image)
     fmt = Image.registered_extensions()[suffix]
     kwargs: dict[str, Any] = {}
@@ -422,9 +430,18 @@ def write_image(
         kwargs = {"quality": quality, "lossless": quality == 100}
     if icc_profile and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         kwargs["icc_profile"] = icc_profile
-    with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt, **kwargs)
-    return path
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _suffix_for(format: str) -> str:
+    """".png" from "png", ".PNG", "PNG"; an unknown format is a user error naming the ones there are."""
+    suffix = "." + format.strip().lower().lstrip(".")
+    if suffix not in IMAGE_SUFFIXES:
+        known = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+        raise InputError(f"unsupported image format {format!r}; use one of {known}")
+    return suffix
 
 
 def _normalise_for(image: np.ndarray, suffix: str) -> np.ndarray:

@@ -184,9 +184,9 @@ def test_codec_that_does_not_fit_is_refused_before_work(
     codec: str, name: str, fragment: str, tmp_path: Path, espcn_x3_onnx: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("av")
-    from srkit.runtime.video import synthesize_clip
+    from srkit.data import write_sample_clip
 
-    clip = synthesize_clip(tmp_path / "clip.mp4", size=(32, 24), frames=2, fps=12, audio=False)
+    clip = write_sample_clip(tmp_path / "clip.mp4", size=(32, 24), frames=2, fps=12, audio=False)
     capsys.readouterr()
     code, _, err = upscale(capsys, str(clip), "-m", str(espcn_x3_onnx), "-o", str(tmp_path / name), "--codec", codec)
     assert code == 2
@@ -220,9 +220,9 @@ def _assert_clean_signal_exit(proc: subprocess.Popen[str], signum: int) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_signal_mid_video_removes_the_half_written_file(signum: int, tmp_path: Path, espcn_x3_onnx: Path) -> None:
     pytest.importorskip("av")
-    from srkit.runtime.video import synthesize_clip
+    from srkit.data import write_sample_clip
 
-    clip = synthesize_clip(tmp_path / "clip.mp4", size=(320, 240), frames=240, fps=24, audio=False)
+    clip = write_sample_clip(tmp_path / "clip.mp4", size=(320, 240), frames=240, fps=24, audio=False)
     out = tmp_path / "out"
     out.mkdir()
     proc = _srkit_process(["upscale", str(clip), "-m", str(espcn_x3_onnx), "-o", str(out / "big.mp4"),

@@ -179,6 +179,38 @@ def test_stale_engine_message_is_one_actionable_line(tmp_path: Path) -> None:
     assert "m.engine" in msg and "10.7.0 != 11.0.0" in msg and "trt_rebuild=True" in msg
 
 
+# ---- the cache on disk (srkit.runtime.trt_cache, no GPU needed) --------------------------------------------
+def test_stored_engine_is_found_and_a_stale_one_is_rebuilt_or_refused(tmp_path: Path) -> None:
+    from srkit.runtime.trt_cache import cached_engine, store_engine
+
+    key = _key()
+    paths = cache_paths(tmp_path, "model", key)
+    assert cached_engine(paths, key, rebuild=True) is None  # nothing cached yet
+    store_engine(paths, key, b"engine bytes", build_s=2.5, timing_cache=b"timings")
+    assert paths.timing_cache.read_bytes() == b"timings"
+    assert json.loads(paths.sidecar.read_text())["build_s"] == 2.5
+    assert cached_engine(paths, key, rebuild=False) == b"engine bytes"
+    other = _key(trt_version="11.0.0")  # same file names (the version lives in the sidecar), another TensorRT
+    assert cache_paths(tmp_path, "model", other).engine == paths.engine
+    assert cached_engine(paths, other, rebuild=True) is None
+    with pytest.raises(BackendUnavailableError, match=r"stale \(TensorRT version 10.7.0 != 11.0.0\)"):
+        cached_engine(paths, other, rebuild=False)
+    paths.engine.write_bytes(b"engine bytes, truncated")
+    with pytest.raises(BackendUnavailableError, match="does not match its sidecar"):
+        cached_engine(paths, key, rebuild=False)
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_ort_takes_its_tensorrt_profile_from_the_cache_module_not_the_backend() -> None:
+    import ast
+
+    import srkit.runtime.ort as ort_module
+
+    tree = ast.parse(Path(ort_module.__file__).read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "srkit.runtime.trt_cache" in modules and "srkit.runtime.tensorrt" not in modules
+
+
 # ---- checks and messages ----------------------------------------------------------------------------
 def test_version_device_and_precision_checks() -> None:
     check_trt_version("10.13.0.35")

@@ -13,8 +13,12 @@ av = pytest.importorskip("av")
 
 from srkit import quality  # noqa: E402
 from srkit.cli.main import run  # noqa: E402
+from srkit.data import write_sample_clip  # noqa: E402
 from srkit.errors import InputError  # noqa: E402
+from srkit.meta import read_model_info  # noqa: E402
 from srkit.runtime import Upscaler  # noqa: E402
+from srkit.runtime.container import Route, VideoProbe, check_video_output, route_for  # noqa: E402
+from srkit.runtime.frames import VideoFrames, VideoSink, write_frames  # noqa: E402
 from srkit.runtime.video import (  # noqa: E402
     VideoOptions,
     check_encoder,
@@ -29,8 +33,8 @@ FRAMES, FPS, W, H = 12, 12, 64, 48
 
 def _write_clip(path: Path, photos: dict[str, np.ndarray], *, audio: bool = True) -> Path:
     """12 frames 64x48 panning across the bundled CC0 photos, H.264, plus a 1 s AAC tone."""
-    assert photos  # the same photos synthesize_clip pans across
-    return synthesize_clip(path, size=(W, H), frames=FRAMES, fps=FPS, audio=audio)
+    assert photos  # the same photos write_sample_clip pans across
+    return write_sample_clip(path, size=(W, H), frames=FRAMES, fps=FPS, audio=audio)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +106,7 @@ def test_video_frames_match_image_upscaling(clip: Path, espcn_x3_onnx: Path, tmp
 def test_portrait_phone_video_keeps_its_display_rotation(tmp_path: Path, espcn_x3_onnx: Path, suffix: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Phones store portrait video landscape plus a display matrix; losing it would show the result sideways."""
-    src = synthesize_clip(tmp_path / "portrait.mp4", size=(W, H), frames=3, fps=FPS, audio=False, rotation=-90)
+    src = write_sample_clip(tmp_path / "portrait.mp4", size=(W, H), frames=3, fps=FPS, audio=False, rotation=-90)
     assert probe(src).rotation == 270
     out = tmp_path / f"up{suffix}"
     assert run(["upscale", str(src), "-m", str(espcn_x3_onnx), "-o", str(out)]) == 0
@@ -111,12 +115,12 @@ def test_portrait_phone_video_keeps_its_display_rotation(tmp_path: Path, espcn_x
         first = next(container.decode(video=0))
         assert (first.width, first.height, first.rotation % 360) == (3 * W, 3 * H, 270)
     assert probe(out).rotation == 270
-    plain = synthesize_clip(tmp_path / "plain.mp4", size=(W, H), frames=2, fps=FPS, audio=False)
+    plain = write_sample_clip(tmp_path / "plain.mp4", size=(W, H), frames=2, fps=FPS, audio=False)
     assert probe(plain).rotation == 0
 
 
 def _write_frames(path: Path, size: tuple[int, int], pix_fmt: str, codec: str, photos: dict[str, np.ndarray]) -> Path:
-    """Four frames of a real photo in a pixel format synthesize_clip does not make (odd sides, 10-bit)."""
+    """Four frames of a real photo in a pixel format write_sample_clip does not make (odd sides, 10-bit)."""
     w, h = size
     photo = next(iter(photos.values()))[:h, :w]
     with av.open(str(path), "w") as container:
@@ -218,3 +222,61 @@ def test_bad_codec_or_output_is_one_error_line(
         with pytest.raises(InputError, match=r"audio track \(aac\) cannot be copied into \.webm"):
             upscale_video(up, clip, webm, options=VideoOptions(codec="libvpx-vp9"))
     assert not out.exists() and not webm.exists() and not list(tmp_path.glob(".*part*"))
+
+
+# ---- the frame seam on video (srkit.runtime.frames) and the container helpers -------------------------------
+def test_video_frames_through_upscale_frames_into_a_video_sink(clip: Path, espcn_x3_onnx: Path,
+                                                               tmp_path: Path) -> None:
+    source = VideoFrames(clip)
+    assert (source.probe.width, source.probe.height, source.probe.frames) == (W, H, FRAMES)
+    out = tmp_path / "frames.mkv"
+    with Upscaler(espcn_x3_onnx, backend="ort") as up:
+        expected = [up.upscale(f) for f in source]  # iterable more than once
+        with VideoSink(out, rate=source.probe.rate, crf=8) as sink:
+            assert write_frames(up.upscale_frames(source, batch=4), sink) == FRAMES
+    got = list(VideoFrames(out))
+    assert len(got) == FRAMES and got[0].shape == (3 * H, 3 * W, 3)
+    assert min(_psnr(e, g) for e, g in zip(expected, got, strict=True)) > 30
+    info = probe(out)
+    assert info.rate == Fraction(FPS) and not info.has_audio
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_video_sink_leaves_nothing_on_an_error(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    frame = np.ascontiguousarray(next(iter(photos.values()))[:48, :64])
+    out = tmp_path / "x.mp4"
+    with pytest.raises(InputError, match="the first was 64x48"), VideoSink(out, rate=FPS) as sink:
+        sink.write(frame)
+        sink.write(frame[:40])
+    assert not out.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(InputError, match="no frames to write"), VideoSink(out) as sink:
+        pass
+    with pytest.raises(InputError, match="cannot hold libx264"):
+        VideoSink(tmp_path / "x.webm", codec="libx264")
+    with pytest.raises(InputError, match="takes RGB uint8 or uint16"):
+        VideoSink(out).write(frame.astype(np.float32))
+
+
+def test_route_is_decided_from_the_model_and_the_header(espcn_x3_onnx: Path) -> None:
+    y_model = read_model_info(espcn_x3_onnx)
+
+    def header(pix_fmt: str, w: int = 64, h: int = 48) -> VideoProbe:
+        return VideoProbe(w, h, None, None, None, pix_fmt, False, None)
+
+    assert route_for(y_model, header("yuv420p")) == Route.YUV
+    assert route_for(y_model, header("yuv420p"), yuv_fast_path=False) == Route.RGB
+    assert route_for(y_model, header("yuv420p", w=65)) == Route.RGB  # 4:2:0 with an odd side
+    assert route_for(y_model, header("yuv444p")) == Route.RGB
+    assert route_for(y_model, header("yuv420p10le")) == Route.RGB48
+    with pytest.raises(InputError, match="unsupported video output"):
+        check_video_output(Path("x.gif"))
+
+
+def test_sample_clip_and_its_former_name(tmp_path: Path) -> None:
+    clip = write_sample_clip(tmp_path / "c.mp4", size=(32, 24), frames=5, fps=10)
+    info = probe(clip)
+    assert (info.width, info.height, info.frames, info.rate, info.audio_codec) == (32, 24, 5, 10, "aac")
+    alias = synthesize_clip(tmp_path / "d.mp4", size=(32, 24), frames=5, fps=10)  # the README's tour uses it
+    assert len(list(frames_of(alias))) == 5
+    for a, b in zip(frames_of(clip), frames_of(alias), strict=True):
+        np.testing.assert_array_equal(a, b)

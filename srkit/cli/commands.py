@@ -14,22 +14,14 @@ from srkit._fs import atomic_path, refuse_overwriting_inputs
 from srkit.cli._models import resolve_onnx
 from srkit.cli._progress import progress
 from srkit.errors import InputError, SrkitError
-from srkit.jobs import (
-    check_image_output,
-    common_root,
-    is_single_file,
-    load_input,
-    make_output_root,
-    plan_outputs,
-)
+from srkit.jobs import load_input, make_output_root
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from srkit.bench.report import Targets
     from srkit.cluster import ClusterOptions
     from srkit.imageio import ImageFile
     from srkit.runtime import Upscaler
+    from srkit.runtime.files import FileOutcome
 
 
 def echo(text: str = "") -> None:
@@ -134,7 +126,8 @@ def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, 
             tile_overlap: int | None = None, batch: int = 1, codec: str = "libx264", crf: int | None = None,
             preset: str | None = None) -> None:
     from srkit.runtime import Upscaler
-    from srkit.runtime.video import is_video_path
+    from srkit.runtime.container import is_video_path
+    from srkit.runtime.files import Status, plan_files, upscale_files
 
     model_path = resolve_onnx(model, allow_ncnn=True)
     up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads,
@@ -142,34 +135,29 @@ def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, 
     if len(inputs) == 1 and is_video_path(inputs[0]):
         _upscale_video(up, Path(inputs[0]), output, codec=codec, crf=crf, preset=preset)
         return
-    jobs = plan_outputs(inputs, output, up.scale, out_format)
-    all_inputs = [src for src, _ in jobs]
-    for _, dst in jobs:
-        check_image_output(dst)
-        refuse_overwriting_inputs(dst, all_inputs)
-    if len(jobs) == 1:
-        loaded = load_input(jobs[0][0])  # a bad input fails before the model loads
-        if not is_single_file(inputs, output):  # a folder that holds one image still gets its output folder
-            make_output_root(jobs)
-        _upscale_one(up, jobs[0], loaded, quality)
+    plan = plan_files(inputs, output, scale=up.scale, out_format=out_format)
+    if len(plan.jobs) == 1:
+        loaded = load_input(plan.jobs[0][0])  # a bad input fails before the model loads
+        if not plan.single:  # a folder that holds one image still gets its output folder
+            make_output_root(plan.jobs)
+        _upscale_one(up, plan.jobs[0], loaded, quality)
         return
-    make_output_root(jobs)
-    failures: list[str] = []
+    make_output_root(plan.jobs)
     start = time.perf_counter()
-    with up, progress(len(jobs), "upscaling", unit="images") as advance:
+    with up, progress(len(plan.jobs), "upscaling", unit="images") as advance:
         _say_what_runs(up)
-        for chunk_start in range(0, len(jobs), batch):
-            chunk = jobs[chunk_start : chunk_start + batch]
-            for src, message in _upscale_chunk(up, chunk, quality):
-                failures.append(f"{src}: {message}")
-                print(f"srkit: error: {src}: {message}", file=sys.stderr)
-            advance(len(chunk))
-    done = len(jobs) - len(failures)
-    seconds = time.perf_counter() - start
-    echo(f"upscaled {done} of {len(jobs)} images into {common_root(jobs)} in {seconds:.1f} s "
-         f"({done / seconds if seconds > 0 else 0.0:.2f} images/s)")
-    if failures:
-        raise InputError(f"{len(failures)} of {len(jobs)} images failed (listed above)")
+
+        def on_outcome(outcome: FileOutcome) -> None:
+            if outcome.status == Status.FAILED:
+                print(f"srkit: error: {outcome.src}: {outcome.reason}", file=sys.stderr)
+            advance()
+
+        report = upscale_files(up, plan, quality=quality, batch=batch, on_outcome=on_outcome)
+    seconds = time.perf_counter() - start  # from before the model loads, as the count of images/s always was
+    echo(f"upscaled {report.done} of {report.items} images into {plan.root} in {seconds:.1f} s "
+         f"({report.done / seconds if seconds > 0 else 0.0:.2f} images/s)")
+    if report.failed:
+        raise InputError(f"{report.failed} of {report.items} images failed (listed above)")
 
 
 def _say_what_runs(up: Upscaler) -> None:
@@ -186,14 +174,13 @@ def _say_what_runs(up: Upscaler) -> None:
 
 def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, crf: int | None,
                    preset: str | None) -> None:
-    from srkit.runtime.video import VideoOptions, check_encoder, probe, upscale_video
+    from srkit.runtime.container import check_encoder, check_video_output, probe
+    from srkit.runtime.video import VideoOptions, default_output, upscale_video
 
     info = probe(src)  # a corrupt or missing video, or a bad encoder or container, fails before the model loads
-    dst = Path(output) if output else src.with_name(f"{src.stem}_x{up.scale}.mp4")
-    if dst.is_dir():
-        dst = dst / f"{src.stem}_x{up.scale}.mp4"
+    dst = default_output(src, output, up.scale)
     check_encoder(codec, crf)
-    check_video_output(codec, dst)
+    check_video_output(dst, codec)
     refuse_overwriting_inputs(dst, [src])
     options = VideoOptions(codec=codec, crf=crf, preset=preset)
     total = info.frames or (round(info.duration_s * info.rate) if info.duration_s and info.rate else None)
@@ -216,34 +203,9 @@ def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, c
               "decoded (a truncated file?); the output holds those", file=sys.stderr)
 
 
-VIDEO_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
-
-
-def check_video_output(codec: str, dst: Path) -> None:
-    """A video encoder, in a container that can hold it: checked on an in-memory muxer before any frame."""
-    import io
-
-    from srkit._optional import require
-
-    av = require("av", extra="video", purpose="video")
-    muxer = VIDEO_MUXERS.get(dst.suffix.lower())
-    if muxer is None:
-        raise InputError(f"unsupported video output {dst.suffix!r}; use one of {sorted(VIDEO_MUXERS)}")
-    kind = av.codec.Codec(codec, "w").type
-    if kind != "video":
-        raise InputError(f"--codec {codec} encodes {kind}, not video; use a video encoder such as libx264, libx265, "
-                         "libvpx-vp9")
-    try:
-        with av.open(io.BytesIO(), "w", format=muxer) as probe_sink:
-            probe_sink.add_stream(codec, rate=25)
-    except ValueError as exc:
-        raise InputError(f"{dst}: a {dst.suffix} file cannot hold {codec} video ({exc}); choose another --codec "
-                         "(.webm: libvpx-vp9) or .mkv, which holds any codec") from None
-
-
 def _upscale_one(up: Upscaler, job: tuple[Path, Path], loaded: ImageFile, quality: int) -> None:
     from srkit._fs import check_writable
-    from srkit.imageio import write_image
+    from srkit.runtime.files import write_result
 
     src, dst = job
     check_writable(dst)  # before the work, not after it
@@ -252,48 +214,8 @@ def _upscale_one(up: Upscaler, job: tuple[Path, Path], loaded: ImageFile, qualit
     with up, progress(plan.count if plan else None, f"upscaling {src.name}", unit="tiles") as advance:
         _say_what_runs(up)
         result = up.upscale(image, on_tile=advance)
-    _warn_dropped_alpha(result, dst)
-    write_image(dst, result, quality=quality, icc_profile=loaded.icc_profile)
+    write_result(dst, result, quality=quality, icc_profile=loaded.icc_profile)
     echo(f"{src} ({image.shape[1]}x{image.shape[0]}) -> {dst} ({result.shape[1]}x{result.shape[0]})")
-
-
-def _upscale_chunk(up: Upscaler, chunk: list[tuple[Path, Path]], quality: int) -> list[tuple[Path, str]]:
-    """Upscale and write one batch; same-size images share one model call. Returns the failures."""
-    from srkit.imageio import write_image
-
-    failures: list[tuple[Path, str]] = []
-    loaded: list[tuple[Path, Path, ImageFile]] = []
-    for src, dst in chunk:
-        try:
-            loaded.append((src, dst, load_input(src)))
-        except SrkitError as exc:
-            failures.append((src, str(exc)))
-    groups: dict[tuple[object, ...], list[tuple[Path, Path, ImageFile]]] = {}
-    for item in loaded:
-        pixels = item[2].pixels
-        groups.setdefault((pixels.shape, pixels.dtype.str), []).append(item)
-    for group in groups.values():
-        try:
-            results: list[np.ndarray | None] = list(up.upscale_batch([item[2].pixels for item in group]))
-        except SrkitError:
-            results = [None] * len(group)  # retried one by one below, so the failure names its file
-        for (src, dst, image), result in zip(group, results, strict=True):
-            try:
-                if result is None:
-                    result = up.upscale(image.pixels)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _warn_dropped_alpha(result, dst)
-                write_image(dst, result, quality=quality, icc_profile=image.icc_profile)
-            except SrkitError as exc:
-                failures.append((src, str(exc)))
-            except OSError as exc:
-                failures.append((src, f"cannot write {dst}: {exc.strerror or exc}"))
-    return failures
-
-
-def _warn_dropped_alpha(result: np.ndarray, dst: Path) -> None:
-    if result.ndim == 3 and result.shape[2] == 4 and dst.suffix.lower() in (".jpg", ".jpeg"):
-        print(f"srkit: warning: {dst}: JPEG has no alpha channel; transparency dropped", file=sys.stderr)
 
 
 def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend: str, device: str, precision: str,
@@ -303,7 +225,8 @@ def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend
     """`srkit upscale --ray`: the same (input, output) plan as one machine, run by srkit.cluster on Ray."""
     from srkit._optional import require
     from srkit.meta import read_model_info
-    from srkit.runtime.video import is_video_path
+    from srkit.runtime.container import is_video_path
+    from srkit.runtime.files import plan_files
 
     require("ray", extra="cluster", purpose="--ray")
     from srkit.cluster import MANIFEST_NAME, ClusterOptions, upscale_folder_on_ray
@@ -318,13 +241,10 @@ def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend
         _upscale_video_on_ray(Path(inputs[0]), output, model_path, scale, options, codec=codec, crf=crf,
                               preset=preset)
         return
-    jobs = plan_outputs(inputs, output, scale, out_format)
-    all_inputs = [src for src, _ in jobs]
-    for _, dst in jobs:
-        check_image_output(dst)
-        refuse_overwriting_inputs(dst, all_inputs)
+    plan = plan_files(inputs, output, scale=scale, out_format=out_format)
+    jobs = plan.jobs
     make_output_root(jobs)
-    root = common_root(jobs)
+    root = plan.root
     with progress(len(jobs), "upscaling on Ray", unit="images") as advance:
         def on_item(row: dict[str, object]) -> None:
             if row["status"] == "failed":
@@ -346,13 +266,12 @@ def upscale_on_ray(inputs: list[str], model: str, output: str | None, *, backend
 def _upscale_video_on_ray(src: Path, output: str | None, model_path: Path, scale: int, options: ClusterOptions, *,
                           codec: str, crf: int | None, preset: str | None) -> None:
     from srkit.cluster.video import upscale_video_on_ray
-    from srkit.runtime.video import VideoOptions, check_encoder, probe
+    from srkit.runtime.container import check_encoder, probe
+    from srkit.runtime.video import VideoOptions, default_output
 
     probe(src)  # a corrupt or missing video, or a bad encoder, fails before Ray starts
     check_encoder(codec, crf)
-    dst = Path(output) if output else src.with_name(f"{src.stem}_x{scale}.mp4")
-    if dst.is_dir():
-        dst = dst / f"{src.stem}_x{scale}.mp4"
+    dst = default_output(src, output, scale)
     refuse_overwriting_inputs(dst, [src])
     with progress(None, f"upscaling {src.name} on Ray"):
         video_options = VideoOptions(codec=codec, crf=crf, preset=preset)

@@ -25,7 +25,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,7 +37,8 @@ from srkit.cluster._ray import ACTOR_CPUS, connect, disconnect, quiet_data_conte
 from srkit.cluster.images import ClusterOptions, _worker_count, _worker_options
 from srkit.cluster.workers import WorkerOptions, _LoadsUpscaler
 from srkit.errors import InputError
-from srkit.runtime import video as single
+from srkit.runtime import container
+from srkit.runtime.video import VideoOptions, check_video_job
 
 SEGMENTS_PER_WORKER = 2
 
@@ -68,12 +69,12 @@ class ClusterVideoResult:
 
 def keyframes(src: Path) -> list[int]:
     """Presentation timestamps of the video's keyframes, from the packet index (nothing is decoded)."""
-    container = single._open_input(src)
+    source = container.open_input(src)
     try:
-        stream = container.streams.video[0]
-        return sorted(p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None)
+        stream = source.streams.video[0]
+        return sorted(p.pts for p in source.demux(stream) if p.is_keyframe and p.pts is not None)
     finally:
-        container.close()
+        source.close()
 
 
 def plan_segments(keys: list[int], wanted: int) -> list[Segment]:
@@ -111,11 +112,11 @@ class SegmentUpscaler(_LoadsUpscaler):
         for i in range(len(batch["index"])):
             segment = Segment(int(batch["index"][i]), _pts(batch["start"][i]), _pts(batch["end"][i]))
             frames.append(self.segment(Path(str(batch["src"][i])), Path(str(batch["folder"][i])), segment,
-                                       single.Route(str(batch["route"][i]))))
+                                       container.Route(str(batch["route"][i]))))
             nodes.append(self.node_id)
         return {"index": batch["index"], "frames": np.array(frames), "node": np.array(nodes)}
 
-    def segment(self, src: Path, folder: Path, segment: Segment, route: single.Route) -> int:
+    def segment(self, src: Path, folder: Path, segment: Segment, route: container.Route) -> int:
         path = folder / f"{segment.index:06d}.seg"
         if path.exists():  # complete (atomic): done by an earlier attempt
             return sum(1 for _ in _read_records(path))
@@ -127,9 +128,9 @@ class SegmentUpscaler(_LoadsUpscaler):
                 if segment.end_pts is not None and frame.pts >= segment.end_pts:
                     break  # frames come out in presentation order: the rest is the next segment's
                 # the same luma route as one machine (the y8 pipeline where it pays), so the pixels are the same
-                luma8 = route == single.Route.YUV and self.upscaler.luma_pipeline_pays()
-                prepared = single._prepare(frame, route, self.upscaler.scale, luma8=luma8)
-                item = single._infer(self.upscaler, prepared, route)
+                luma8 = container.uses_luma8(self.upscaler, route)
+                prepared = container.prepare_frame(frame, route, self.upscaler.scale, luma8=luma8)
+                item = container.infer_frame(self.upscaler, prepared, route)
                 pixels, fmt = _encoder_input(item, route)
                 _write_record(fh, {"pts": item.pts, "tb": str(item.time_base), "format": fmt,
                                    "signal": {k: int(v) for k, v in item.signal.items()}}, pixels)
@@ -141,14 +142,14 @@ def _frames_from(src: Path, start_pts: int | None) -> Iterator[Any]:
     """The decoded frames (with timestamps) from the keyframe at `start_pts` on. A container whose index makes
     the seek land past that keyframe is decoded from its start instead: slower, never a frame lost."""
     for seek in ((True, False) if start_pts is not None else (False,)):
-        container = single._open_input(src)
+        source = container.open_input(src)
         try:
-            stream = container.streams.video[0]
+            stream = source.streams.video[0]
             stream.thread_type = "AUTO"
             if seek:
-                container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+                source.seek(start_pts, stream=stream, backward=True, any_frame=False)
             first = True
-            for frame in container.decode(stream):
+            for frame in source.decode(stream):
                 if frame.pts is None:
                     continue
                 if first and seek and start_pts is not None and frame.pts > start_pts:
@@ -158,7 +159,7 @@ def _frames_from(src: Path, start_pts: int | None) -> Iterator[Any]:
             if not first or not seek:
                 return
         finally:
-            container.close()
+            source.close()
 
 
 def _pts(value: Any) -> int | None:
@@ -166,36 +167,29 @@ def _pts(value: Any) -> int | None:
     return None if number < 0 else number
 
 
-def _encoder_input(item: Any, route: single.Route) -> tuple[np.ndarray, str]:
+def _encoder_input(item: Any, route: container.Route) -> tuple[np.ndarray, str]:
     """What srkit.runtime.video hands the encoder for this frame, as (array, PyAV format)."""
-    out = single._finish(item, route)
+    out = container.finish_frame(item, route)
     fmt = out.format.name
     return out.to_ndarray(format=fmt), fmt
 
 
 # ---- the driver ----------------------------------------------------------------------------------
 def upscale_video_on_ray(src: str | Path, dst: str | Path, model: str | Path, options: ClusterOptions | None = None,
-                         *, video_options: single.VideoOptions | None = None,
+                         *, video_options: VideoOptions | None = None,
                          segments: int | None = None) -> ClusterVideoResult:
     """Upscale `src` into `dst` on the Ray cluster at RAY_ADDRESS (else a local Ray): segments in parallel, one
     encode, audio copied once. `segments`: how many to cut (default: two per worker, at keyframes)."""
-    av = single._av()
     options = options or ClusterOptions()
-    video_options = video_options or single.VideoOptions()
+    video_options = video_options or VideoOptions()
     src, dst = Path(src), Path(dst)
-    if not single.is_video_path(dst):
-        raise InputError(f"unsupported video output {dst.suffix!r}; use one of {sorted(single.VIDEO_SUFFIXES)}")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise InputError(f"refusing to overwrite the input {src}; choose another output with -o")
-    encoder_options = single.check_encoder(video_options.codec, video_options.crf)
-    if video_options.preset:
-        encoder_options["preset"] = video_options.preset
-    info = single.probe(src)
+    encoder = check_video_job(src, dst, video_options)
+    info = container.probe(src)
     start = time.perf_counter()
     from srkit.meta import read_model_info
 
     model_info = read_model_info(model)
-    route = single._route(_ModelView(model_info), info, video_options)
+    route = container.route_for(model_info, info, yuv_fast_path=video_options.yuv_fast_path)
     folder = dst.parent / f".{dst.name}.segments"
     folder.mkdir(parents=True, exist_ok=True)
     connection = connect()
@@ -207,22 +201,18 @@ def upscale_video_on_ray(src: str | Path, dst: str | Path, model: str | Path, op
                                   _worker_options(options), min(count, len(plan)))
     finally:
         disconnect(connection)
-    out_w, out_h = single._even(info.width * model_info.scale), single._even(info.height * model_info.scale)
-    frames, audio = _join(av, src, dst, folder, plan, info, route, video_options, encoder_options, (out_w, out_h))
+    spec = container.VideoStreamSpec(codec=video_options.codec, options=encoder, rate=info.rate,
+                                     size=container.output_size(info.width, info.height, model_info.scale),
+                                     pix_fmt=container.output_format(video_options.codec, route),
+                                     rotation=info.rotation)
+    frames, audio = _join(src, dst, [folder / f"{s.index:06d}.seg" for s in plan], spec)
     shutil.rmtree(folder, ignore_errors=True)
     return ClusterVideoResult(path=dst, frames=frames, segments=len(plan), input_size=(info.width, info.height),
-                              output_size=(out_w, out_h), rate=info.rate, audio_copied=audio,
+                              output_size=spec.size, rate=info.rate, audio_copied=audio,
                               seconds=time.perf_counter() - start, nodes=nodes)
 
 
-@dataclass(frozen=True)
-class _ModelView:
-    """What single._route reads of an Upscaler: its model info (the driver loads no model)."""
-
-    info: Any
-
-
-def _upscale_segments(src: Path, folder: Path, plan: list[Segment], route: single.Route, model: Path,
+def _upscale_segments(src: Path, folder: Path, plan: list[Segment], route: container.Route, model: Path,
                       options: ClusterOptions, worker_options: WorkerOptions, workers: int) -> dict[str, int]:
     ray = ray_module()
     rows = [{"src": str(src), "folder": str(folder), "index": s.index, "route": route.value,
@@ -243,29 +233,24 @@ def _upscale_segments(src: Path, folder: Path, plan: list[Segment], route: singl
     return nodes
 
 
-def _join(av: Any, src: Path, dst: Path, folder: Path, plan: list[Segment], info: single.VideoProbe,
-          route: single.Route, video_options: single.VideoOptions, encoder_options: dict[str, str],
-          size: tuple[int, int]) -> tuple[int, bool]:
-    """Encode the segments' frames in order with the single-machine settings; audio copied from `src`."""
-    source = single._open_input(src)
+def _join(src: Path, dst: Path, segment_files: list[Path], spec: container.VideoStreamSpec) -> tuple[int, bool]:
+    """Encode the segments' frames in order with the single-machine settings (`spec`, with the source's time
+    base); audio copied from `src`."""
+    av = container.av_module()
+    source = container.open_input(src)
     frames = 0
     try:
         in_video = source.streams.video[0]
         in_audio = source.streams.audio[0] if source.streams.audio else None
         audio_packets = (p for p in source.demux(in_audio) if p.dts is not None) if in_audio is not None else None
         with atomic_path(dst) as tmp:
-            sink = av.open(str(tmp), mode="w", format=single._muxer_for(dst))
+            sink = container.open_output(tmp, dst)
             try:
-                out_video = sink.add_stream(video_options.codec, rate=info.rate, options=encoder_options)
-                out_video.width, out_video.height = size
-                out_video.pix_fmt = single._output_format(video_options.codec, route)
-                out_video.time_base = in_video.time_base
-                if info.rotation:
-                    out_video.set_display_rotation(info.rotation)
-                out_audio = single._audio_stream(sink, in_audio, dst) if in_audio is not None else None
+                out_video = container.add_video_stream(sink, replace(spec, time_base=in_video.time_base))
+                out_audio = container.copy_audio_stream(sink, in_audio, dst) if in_audio is not None else None
                 pending = next(audio_packets, None) if audio_packets is not None else None
-                for segment in plan:
-                    for meta, pixels in _read_records(folder / f"{segment.index:06d}.seg"):
+                for path in segment_files:
+                    for meta, pixels in _read_records(path):
                         frame = av.VideoFrame.from_ndarray(pixels, format=meta["format"])
                         frame.pts, frame.time_base = meta["pts"], Fraction(meta["tb"])
                         for attr, value in meta["signal"].items():
@@ -284,8 +269,7 @@ def _join(av: Any, src: Path, dst: Path, folder: Path, plan: list[Segment], info
                     sink.mux(pending)
                     pending = next(audio_packets, None) if audio_packets is not None else None
             except BaseException:
-                with contextlib.suppress(Exception):  # closing a half-written file must not hide the cause
-                    sink.close()
+                container.close_quietly(sink)
                 raise
             sink.close()
             if frames == 0:

@@ -7,9 +7,7 @@ the worker's node, so nodes need no copy of it and no shared file system for it.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -19,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from srkit.errors import SrkitError
+from srkit._fs import remove_stale_temp_files
 
 
 @dataclass(frozen=True)
@@ -101,33 +99,11 @@ class FileUpscaler(_LoadsUpscaler):
                 "ip": np.array([self.node_ip] * n), "pid": np.array([self.pid] * n)}
 
     def one(self, src: Path, dst: Path) -> tuple[str, str]:
-        from srkit.imageio import load_image, write_image
+        """(status, reason): srkit.runtime.files.upscale_file, resuming (an output already there is skipped)."""
+        from srkit.runtime.files import upscale_file
 
-        if dst.exists():
-            remove_stale_parts(dst)
-            return "skipped", ""
-        try:
-            loaded = load_image(src)
-            result = self.upscaler.upscale(loaded.pixels)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, result, quality=self.options.quality, icc_profile=loaded.icc_profile)
-        except SrkitError as exc:
-            return "failed", str(exc)
-        except OSError as exc:
-            return "failed", f"cannot write {dst}: {exc.strerror or exc}"
-        remove_stale_parts(dst)
-        return "done", ""
+        outcome = upscale_file(self.upscaler, src, dst, quality=self.options.quality, skip_existing=True)
+        return outcome.status.value, outcome.reason
 
 
-def remove_stale_parts(dst: Path) -> None:
-    """Remove the temp files a killed worker left beside `dst`: srkit._fs.atomic_path names them
-    prefix + tempfile's 8 random characters + suffix (srkit._fs.temp_affixes). Only a write of this same output
-    makes such a name (the exact pattern keeps `a.png` from touching the temp file of `a.b.png`), and Ray retries
-    an item only after the worker that held it has died, so none of them is still being written."""
-    from srkit._fs import temp_affixes
-
-    prefix, suffix = temp_affixes(dst)
-    pattern = re.compile(rf"{re.escape(prefix)}[a-z0-9_]{{8}}{re.escape(suffix)}")
-    for stale in glob.glob(str(dst.parent / f"{glob.escape(prefix)}*{glob.escape(suffix)}")):
-        if pattern.fullmatch(Path(stale).name):
-            Path(stale).unlink(missing_ok=True)
+remove_stale_parts = remove_stale_temp_files  # the name the cluster tests and callers know

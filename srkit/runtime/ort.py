@@ -44,7 +44,7 @@ def provider_options(
         # EXHAUSTIVE (the default) re-benchmarks cuDNN algorithms for every new shape (onnxruntime #11688)
         return {"cudnn_conv_algo_search": "HEURISTIC"}
     if device == "tensorrt":
-        from srkit.runtime.tensorrt import compute_profile, default_cache_dir
+        from srkit.runtime.trt_cache import compute_profile, default_cache_dir
 
         cache = str(Path(options.cache_dir or default_cache_dir()) / "ort-trt")
         profile = compute_profile(info, tile=tile_shape if isinstance(tile_shape, int | tuple) else None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import numpy as np
 
 from srkit import imaging
 from srkit._system import available_memory_bytes
-from srkit.errors import InputError
+from srkit.errors import InputError, SrkitError
 from srkit.meta import Color, Io, ModelInfo, Precision, read_model_info
 from srkit.runtime import registry, tiling
 from srkit.runtime.base import PIPELINE_INPUTS, Backend, BackendOptions
@@ -223,6 +223,46 @@ class Upscaler:
         imaging.check_finite(result, f"{self.model_path.name} output")
         out = imaging.from_float(result, layout.dtype)
         return [o[..., 0] if layout.gray else o for o in out]
+
+    def upscale_frames(self, frames: Iterable[np.ndarray], *, batch: int = 1) -> Iterator[np.ndarray]:
+        """Frames in, frames out: each upscaled frame in the order the frames came, as soon as it is done.
+
+        `frames` is any iterable of images (a list, a generator, srkit.runtime.frames.ImageFiles or VideoFrames);
+        it is read lazily and at most `batch` frames ahead, so memory stays bounded however long it is. With
+        `batch` > 1, frames of one shape go through the model in one call (`upscale_batch`). An error, from the
+        source or the model, is raised at the frame that caused it, after every frame before it was yielded.
+        The model runs in the thread that iterates the result."""
+        if batch < 1:
+            raise InputError(f"batch must be at least 1, not {batch}")
+        source = iter(frames)
+        pending: list[np.ndarray] = []
+        while True:
+            try:
+                frame = next(source)
+            except StopIteration:
+                break
+            except Exception:
+                yield from self._upscale_pending(pending)  # the frames read before the failure come out first
+                raise
+            pending.append(frame)
+            if len(pending) == batch:
+                yield from self._upscale_pending(pending)
+                pending = []
+        yield from self._upscale_pending(pending)
+
+    def _upscale_pending(self, pending: list[np.ndarray]) -> Iterator[np.ndarray]:
+        """A batch through the model; when the batch fails, one frame at a time, so that the frames before the
+        bad one still come out and the error is raised at the frame that caused it."""
+        if len(pending) > 1:
+            try:
+                results = self.upscale_batch(pending)
+            except SrkitError:
+                results = None
+            if results is not None:
+                yield from results
+                return
+        for frame in pending:
+            yield self.upscale(frame)
 
     def upscale_luma(self, y: np.ndarray) -> np.ndarray:
         """A uint8 BT.601 luma plane (a video frame's Y, HxW) -> uint8 (sH x sW), for Y-channel models: through
