@@ -192,6 +192,21 @@ class TestTensorRT(UpscalerContract):
     device = "cuda"
 
 
+def test_every_registered_backend_runs_the_contract() -> None:
+    """A backend is one file, one registry line, one extra and one contract subclass (README, "Adding a backend"):
+    a registered backend without a subclass of UpscalerContract somewhere in tests/ fails here."""
+    import ast
+
+    covered = set()
+    for path in Path(__file__).parent.glob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", "") == "UpscalerContract" for b in node.bases):
+                covered |= {stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                            and any(getattr(t, "id", "") == "backend" for t in stmt.targets)
+                            and isinstance(stmt.value, ast.Constant)}
+    assert set(backends.names()) <= covered, f"no contract subclass for {set(backends.names()) - covered}"
+
+
 def test_available_backends_lists_installed_ones() -> None:
     found = Upscaler.available_backends()
     assert "ort" in found

@@ -24,7 +24,6 @@ from srkit.runtime.video import (  # noqa: E402
     check_encoder,
     frames_of,
     probe,
-    synthesize_clip,
     upscale_video,
 )
 
@@ -272,11 +271,8 @@ def test_route_is_decided_from_the_model_and_the_header(espcn_x3_onnx: Path) -> 
         check_video_output(Path("x.gif"))
 
 
-def test_sample_clip_and_its_former_name(tmp_path: Path) -> None:
+def test_sample_clip(tmp_path: Path) -> None:
     clip = write_sample_clip(tmp_path / "c.mp4", size=(32, 24), frames=5, fps=10)
     info = probe(clip)
     assert (info.width, info.height, info.frames, info.rate, info.audio_codec) == (32, 24, 5, 10, "aac")
-    alias = synthesize_clip(tmp_path / "d.mp4", size=(32, 24), frames=5, fps=10)  # the README's tour uses it
-    assert len(list(frames_of(alias))) == 5
-    for a, b in zip(frames_of(clip), frames_of(alias), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert len(list(frames_of(clip))) == 5

@@ -298,16 +298,6 @@ def _first_error(errors: list[BaseException]) -> BaseException:
     return errors[0]
 
 
-def synthesize_clip(
-    path: str | Path, *, size: tuple[int, int] = (64, 48), frames: int = 12, fps: int = 12, audio: bool = True,
-    rotation: int = 0,
-) -> Path:
-    """`srkit.data.write_sample_clip` under its former name (the README's tour uses it)."""
-    from srkit.data import write_sample_clip
-
-    return write_sample_clip(path, size=size, frames=frames, fps=fps, audio=audio, rotation=rotation)
-
-
 def frames_of(path: str | Path) -> Iterator[np.ndarray]:
     """Decode every frame of a video as RGB uint8 (srkit.runtime.frames.VideoFrames)."""
     from srkit.runtime.frames import VideoFrames
