@@ -251,6 +251,29 @@ def test_local_video_in_segments_equals_single_machine(local_ray: None, clip: di
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x3.mp4"]  # the segment files are gone
 
 
+def test_local_video_keeps_its_subtitle_tracks(local_ray: None, espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    """Audio and subtitles are copied once from the source, interleaved by time across segment boundaries."""
+    from srkit.cluster import ClusterOptions
+    from srkit.cluster.video import upscale_video_on_ray
+    from srkit.data import write_sample_clip
+
+    src = write_sample_clip(tmp_path / "film.mkv", size=(48, 32), frames=24, keyframe_every=8,
+                            subtitles=("one", "two", "three", "four"))
+    result = upscale_video_on_ray(src, tmp_path / "x3.mkv", espcn_x3_onnx, ClusterOptions(backend="ort", workers=2),
+                                  segments=3)
+    assert result.segments == 3 and result.frames == 24 and result.copied == "audio and subtitles copied"
+    for kind in ("audio", "subtitle"):
+        assert stream_packets(tmp_path / "x3.mkv", kind) == stream_packets(src, kind)
+
+
+def stream_packets(path: Path, kind: str) -> list[tuple[float, bytes]]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0] if kind == "audio" else container.streams.subtitles[0]
+        return [(float(p.pts * p.time_base), bytes(p)) for p in container.demux(stream) if p.dts is not None]
+
+
 def test_without_ray_the_flag_names_the_extra(monkeypatch: pytest.MonkeyPatch, images: dict[str, Path],
                                               espcn_x3_onnx: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:

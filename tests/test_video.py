@@ -41,9 +41,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, np.ndarray]
     return _write_clip(tmp_path_factory.mktemp("video") / "clip.mp4", photos)
 
 
-def _packets(path: Path, kind: str) -> list[tuple[int | None, bytes]]:
+def _packets(path: Path, kind: str, index: int = 0) -> list[tuple[int | None, bytes]]:
     with av.open(str(path)) as c:
-        stream = c.streams.audio[0] if kind == "audio" else c.streams.video[0]
+        stream = {"audio": c.streams.audio, "subtitle": c.streams.subtitles, "video": c.streams.video}[kind][index]
         return [(p.pts, bytes(p)) for p in c.demux(stream) if p.dts is not None]
 
 
@@ -171,6 +171,26 @@ def test_video_without_audio_and_to_mkv(
     info = probe(out)
     assert info.frames in (None, FRAMES) and len(list(frames_of(out))) == FRAMES
     assert not info.has_audio
+
+
+def test_subtitle_tracks_are_copied_with_the_audio(espcn_x3_onnx: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Every subtitle track goes through unchanged (same cues, same times), next to the audio; a container that
+    cannot hold them is refused before any frame, naming the track, and leaves nothing."""
+    src = write_sample_clip(tmp_path / "film.mkv", size=(48, 32), frames=12, subtitles=("one", "two", "three"))
+    out = tmp_path / "film_x3.mkv"
+    assert run(["upscale", str(src), "-m", str(espcn_x3_onnx), "-o", str(out)]) == 0
+    assert "audio and subtitles copied" in capsys.readouterr().out
+    assert probe(out).subtitle_codecs == ("srt",)
+    cues = _packets(out, "subtitle")
+    assert [text for _, text in cues] == [b"one", b"two", b"three"] and cues == _packets(src, "subtitle")
+    assert _packets(out, "audio") == _packets(src, "audio")
+    assert len(list(frames_of(out))) == 12
+    mp4 = tmp_path / "film_x3.mp4"
+    assert run(["upscale", str(src), "-m", str(espcn_x3_onnx), "-o", str(mp4)]) == 2
+    err = capsys.readouterr().err
+    assert "the subtitle track (srt) cannot be copied into .mp4" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["film.mkv", "film_x3.mkv"]
 
 
 def test_corrupt_video_is_a_clean_error(

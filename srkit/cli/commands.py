@@ -192,7 +192,7 @@ def _upscale_video(up: Upscaler, src: Path, output: str | None, *, codec: str, c
     kept = "".join([
         ", 10-bit" if "10" in result.pix_fmt else "",
         f", cropped from {full[0]}x{full[1]}: 4:2:0 needs even sides" if result.output_size != full else "",
-        ", audio copied" if result.audio_copied else "",
+        f", {result.copied}" if result.copied else "",
         f", display rotation {result.rotation} degrees kept" if result.rotation else "",
     ])
     echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
@@ -278,7 +278,7 @@ def _upscale_video_on_ray(src: Path, output: str | None, model_path: Path, scale
         result = upscale_video_on_ray(src, dst, model_path, options, video_options=video_options)
     rate = f"{float(result.rate):g} fps" if result.rate else "variable rate"
     echo(f"{src} ({result.input_size[0]}x{result.input_size[1]}, {result.frames} frames, {rate}) -> {dst} "
-         f"({result.output_size[0]}x{result.output_size[1]}{', audio copied' if result.audio_copied else ''}) "
+         f"({result.output_size[0]}x{result.output_size[1]}{', ' + result.copied if result.copied else ''}) "
          f"in {result.seconds:.1f} s ({result.fps:.1f} frames/s); {result.segments} segments on "
          f"{len(result.nodes)} node(s)")
 

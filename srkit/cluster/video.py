@@ -9,7 +9,7 @@
    (zlib-compressed arrays), in a hidden folder beside the output. A segment file is written atomically, so a rerun
    after a failure redoes only the missing segments.
 3. The driver encodes the frames in order with the single-machine encoder settings, the source's timestamps and
-   time base, and copies the audio once from the source. No seam can appear at a segment boundary: the encoder
+   time base, and copies the audio and subtitles once from the source. No seam can appear at a segment boundary: the encoder
    sees one continuous stream of the same frames a single machine would produce.
 
 The encode is one process (the upscale is the part that costs): the output has the frame count, rate and
@@ -61,6 +61,7 @@ class ClusterVideoResult:
     audio_copied: bool
     seconds: float
     nodes: dict[str, int]  # node id -> segments upscaled there
+    copied: str = ""  # "audio copied", "audio and subtitles copied", ... (container.summary_of_copied)
 
     @property
     def fps(self) -> float:
@@ -179,7 +180,7 @@ def upscale_video_on_ray(src: str | Path, dst: str | Path, model: str | Path, op
                          *, video_options: VideoOptions | None = None,
                          segments: int | None = None) -> ClusterVideoResult:
     """Upscale `src` into `dst` on the Ray cluster at RAY_ADDRESS (else a local Ray): segments in parallel, one
-    encode, audio copied once. `segments`: how many to cut (default: two per worker, at keyframes)."""
+    encode, audio and subtitles copied once. `segments`: how many to cut (default: two per worker, at keyframes)."""
     options = options or ClusterOptions()
     video_options = video_options or VideoOptions()
     src, dst = Path(src), Path(dst)
@@ -205,11 +206,13 @@ def upscale_video_on_ray(src: str | Path, dst: str | Path, model: str | Path, op
                                      size=container.output_size(info.width, info.height, model_info.scale),
                                      pix_fmt=container.output_format(video_options.codec, route),
                                      rotation=info.rotation)
-    frames, audio = _join(src, dst, [folder / f"{s.index:06d}.seg" for s in plan], spec)
+    frames, copied = _join(src, dst, [folder / f"{s.index:06d}.seg" for s in plan], spec)
     shutil.rmtree(folder, ignore_errors=True)
     return ClusterVideoResult(path=dst, frames=frames, segments=len(plan), input_size=(info.width, info.height),
-                              output_size=spec.size, rate=info.rate, audio_copied=audio,
-                              seconds=time.perf_counter() - start, nodes=nodes)
+                              output_size=spec.size, rate=info.rate,
+                              audio_copied="audio" in copied,
+                              copied=container.summary_of_copied(copied), seconds=time.perf_counter() - start,
+                              nodes=nodes)
 
 
 def _upscale_segments(src: Path, folder: Path, plan: list[Segment], route: container.Route, model: Path,
@@ -233,22 +236,31 @@ def _upscale_segments(src: Path, folder: Path, plan: list[Segment], route: conta
     return nodes
 
 
-def _join(src: Path, dst: Path, segment_files: list[Path], spec: container.VideoStreamSpec) -> tuple[int, bool]:
+def _join(src: Path, dst: Path, segment_files: list[Path], spec: container.VideoStreamSpec) -> tuple[int, list[str]]:
     """Encode the segments' frames in order with the single-machine settings (`spec`, with the source's time
-    base); audio copied from `src`."""
+    base); every audio and subtitle stream copied from `src`, interleaved by time as one machine writes them."""
     av = container.av_module()
     source = container.open_input(src)
     frames = 0
     try:
         in_video = source.streams.video[0]
-        in_audio = source.streams.audio[0] if source.streams.audio else None
-        audio_packets = (p for p in source.demux(in_audio) if p.dts is not None) if in_audio is not None else None
+        in_copied = container.copied_streams(source)
+        kinds = [st.type for st in in_copied]  # read now: a closed container's streams cannot be asked
+        packets = (p for p in source.demux(*in_copied) if p.dts is not None) if in_copied else iter(())
         with atomic_path(dst) as tmp:
             sink = container.open_output(tmp, dst)
             try:
                 out_video = container.add_video_stream(sink, replace(spec, time_base=in_video.time_base))
-                out_audio = container.copy_audio_stream(sink, in_audio, dst) if in_audio is not None else None
-                pending = next(audio_packets, None) if audio_packets is not None else None
+                twins = container.copy_streams(sink, in_copied, dst)
+                pending = next(packets, None)
+
+                def mux_copied_until(limit: float) -> None:
+                    nonlocal pending
+                    while pending is not None and _seconds(pending) <= limit:
+                        pending.stream = twins[pending.stream.index]
+                        sink.mux(pending)
+                        pending = next(packets, None)
+
                 for path in segment_files:
                     for meta, pixels in _read_records(path):
                         frame = av.VideoFrame.from_ndarray(pixels, format=meta["format"])
@@ -256,18 +268,11 @@ def _join(src: Path, dst: Path, segment_files: list[Path], spec: container.Video
                         for attr, value in meta["signal"].items():
                             with contextlib.suppress(AttributeError, ValueError):
                                 setattr(frame, attr, value)
-                        # the audio up to this frame's time first, so the file is interleaved as on one machine
-                        while pending is not None and _seconds(pending) <= _seconds_of(frame):
-                            pending.stream = out_audio
-                            sink.mux(pending)
-                            pending = next(audio_packets, None) if audio_packets is not None else None
+                        mux_copied_until(_seconds_of(frame))  # what plays before this frame goes first
                         sink.mux(out_video.encode(frame))
                         frames += 1
                 sink.mux(out_video.encode(None))
-                while pending is not None:
-                    pending.stream = out_audio
-                    sink.mux(pending)
-                    pending = next(audio_packets, None) if audio_packets is not None else None
+                mux_copied_until(float("inf"))
             except BaseException:
                 container.close_quietly(sink)
                 raise
@@ -276,7 +281,7 @@ def _join(src: Path, dst: Path, segment_files: list[Path], spec: container.Video
                 raise InputError(f"{src} has no decodable video frames")
     finally:
         source.close()
-    return frames, in_audio is not None
+    return frames, kinds
 
 
 def _seconds(packet: Any) -> float:

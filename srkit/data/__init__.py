@@ -8,8 +8,11 @@ project's test data, `external/wesaturate/500px/`). None of them was used to tra
 
 from __future__ import annotations
 
+import os
+import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +44,13 @@ def held_out_images() -> dict[str, np.ndarray]:
 
 def write_sample_clip(
     path: str | Path, *, size: tuple[int, int] = (64, 48), frames: int = 12, fps: int = 12, audio: bool = True,
-    rotation: int = 0,
+    rotation: int = 0, subtitles: tuple[str, ...] = (), keyframe_every: int | None = None,
 ) -> Path:
     """A short real-content video for trying srkit and for tests: `frames` H.264 frames of `size` (W, H) panning
-    across the held-out CC0 photos, plus (with `audio`) a mono AAC tone as long as the video, and (with
-    `rotation`) the display matrix a phone writes for portrait video. Needs PyAV (`pip install 'srkit[video]'`)."""
+    across the held-out CC0 photos, plus (with `audio`) a mono AAC tone as long as the video, (with `rotation`)
+    the display matrix a phone writes for portrait video, and (with `subtitles`, in a .mkv) one SubRip track
+    showing those lines one after another. `keyframe_every`: the encoder's GOP (its default puts one keyframe in
+    a short clip). Needs PyAV (`pip install 'srkit[video]'`)."""
     from PIL import Image
 
     from srkit._optional import require
@@ -57,11 +62,15 @@ def write_sample_clip(
     try:
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        if keyframe_every:
+            video.codec_context.gop_size = keyframe_every
         if rotation:
             video.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=44100) if audio else None
         if sound is not None:
             sound.layout = "mono"
+        cues = _subtitle_cues(av, subtitles, frames / fps, Path(path)) if subtitles else None
+        text = container.add_stream_from_template(cues.streams.subtitles[0]) if cues is not None else None
         for i in range(frames):
             photo = photos[i * len(photos) // frames]
             x = (i * 4) % (w + 1)
@@ -77,6 +86,29 @@ def write_sample_clip(
                 samples.sample_rate = 44100
                 container.mux(sound.encode(samples))
             container.mux(sound.encode(None))
+        if cues is not None:
+            for packet in cues.demux(cues.streams.subtitles[0]):
+                if packet.dts is not None:
+                    packet.stream = text
+                    container.mux(packet)
+            cues.close()
     finally:
         container.close()
     return Path(path)
+
+
+def _subtitle_cues(av: Any, lines: tuple[str, ...], seconds: float, near: Path) -> Any:
+    """An open SubRip input holding `lines` spread over `seconds` (PyAV encodes no text subtitles, but copies
+    a demuxed SubRip stream into Matroska as it is)."""
+    def stamp(t: float) -> str:
+        ms = round(t * 1000)
+        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    step = seconds / len(lines)
+    srt = "\n".join(f"{i + 1}\n{stamp(i * step)} --> {stamp((i + 0.9) * step)}\n{line}\n" for i, line in enumerate(lines))
+    with tempfile.NamedTemporaryFile("w", suffix=".srt", dir=near.parent, delete=False, encoding="utf-8") as fh:
+        fh.write(srt)
+    try:
+        return av.open(fh.name)
+    finally:
+        os.unlink(fh.name)  # the demuxer has read what it needs on open

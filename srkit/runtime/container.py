@@ -1,5 +1,5 @@
-"""Video containers with PyAV: opening and probing inputs, the encoder and its output stream, the audio stream
-copy, and the per-frame steps of the video path (decoder thread, model thread, encoder thread).
+"""Video containers with PyAV: opening and probing inputs, the encoder and its output stream, the copy of every
+audio and subtitle stream, and the per-frame steps of the video path (decoder thread, model thread, encoder thread).
 
 Shared by srkit.runtime.video (one machine), srkit.runtime.frames (VideoFrames, VideoSink) and
 srkit.cluster.video (segments on a Ray cluster, which must produce the pixels one machine produces).
@@ -59,6 +59,7 @@ class VideoProbe:
     has_audio: bool
     audio_codec: str | None
     rotation: int = 0  # display rotation, degrees counter-clockwise (phone videos), kept on the output
+    subtitle_codecs: tuple[str, ...] = ()  # one per subtitle stream
 
 
 def av_module() -> Any:
@@ -122,6 +123,7 @@ def probe_open(container: Any) -> VideoProbe:
         pix_fmt=video.codec_context.pix_fmt or "",
         has_audio=audio is not None,
         audio_codec=audio.codec_context.name if audio is not None else None,
+        subtitle_codecs=tuple(st.codec_context.name for st in container.streams.subtitles),
     )
 
 
@@ -206,15 +208,37 @@ def add_video_stream(sink: Any, spec: VideoStreamSpec) -> Any:
     return stream
 
 
-def copy_audio_stream(sink: Any, in_audio: Any, dst: Path) -> Any:
-    """The output twin of the input's audio stream (copied, never re-encoded)."""
-    try:
-        return sink.add_stream_from_template(in_audio)
-    except ValueError as exc:  # the container cannot hold this codec (e.g. AAC in WebM)
-        raise InputError(
-            f"the audio track ({in_audio.codec_context.name}) cannot be copied into {dst.suffix}: {exc}; "
-            "choose .mkv (holds any codec) or .mp4"
-        ) from None
+# stream types copied packet by packet from the input, never re-encoded
+COPIED_TYPES = ("audio", "subtitle")
+
+
+def copied_streams(source: Any) -> list[Any]:
+    """Every audio and subtitle stream of the input, in the input's order."""
+    return [st for st in source.streams if st.type in COPIED_TYPES]
+
+
+def copy_streams(sink: Any, streams: list[Any], dst: Path) -> dict[int, Any]:
+    """The output twin of each copied input stream, by the input stream's index."""
+    twins = {}
+    for stream in streams:
+        try:
+            twins[stream.index] = sink.add_stream_from_template(stream)
+        except ValueError as exc:  # the container cannot hold this codec (AAC in WebM, SubRip in MP4)
+            raise InputError(
+                f"the {stream.type} track ({stream.codec_context.name}) cannot be copied into {dst.suffix}: {exc}; "
+                "choose .mkv (holds any codec)" + (" or .mp4" if stream.type == "audio" else "")
+            ) from None
+    return twins
+
+
+def summary_of_copied(streams: list[Any]) -> str:
+    """`audio copied`, `audio and 2 subtitle tracks copied`, or '' (for the CLI's result line). `streams`: the
+    copied streams of an open container, or their types."""
+    kinds = [st if isinstance(st, str) else st.type for st in streams]
+    audio, subtitles = kinds.count("audio"), kinds.count("subtitle")
+    parts = ([("audio" if audio == 1 else f"{audio} audio tracks")] if audio else []) + (
+        [("subtitles" if subtitles == 1 else f"{subtitles} subtitle tracks")] if subtitles else [])
+    return " and ".join(parts) + " copied" if parts else ""
 
 
 def close_quietly(sink: Any) -> None:

@@ -3,7 +3,7 @@
 - Decoding and encoding run in their own threads (FFmpeg releases the GIL while it works); the model runs in
   the caller's thread, so a backend never sees a second thread.
 - Frame rate and timestamps are kept (each output frame carries its input frame's pts and time base); the
-  audio track is copied packet by packet, unchanged, in its original order among the video frames.
+  audio and subtitle tracks are copied packet by packet, unchanged, in their original order among the video frames.
 - Memory is bounded: at most `queue_size` frames wait between two stages.
 - An error in any stage stops the others and is raised in the caller; the output is written to a temp file
   in the target folder and renamed only when complete (srkit._fs.atomic_path), so no partial file is left.
@@ -30,6 +30,7 @@ import numpy as np
 from srkit._fs import atomic_path
 from srkit.errors import InputError, SrkitError
 from srkit.runtime.container import (  # noqa: F401 - re-exported: the names callers found here before
+    COPIED_TYPES,
     CRF_CODECS,
     VIDEO_SUFFIXES,
     Route,
@@ -39,7 +40,8 @@ from srkit.runtime.container import (  # noqa: F401 - re-exported: the names cal
     check_encoder,
     check_video_output,
     close_quietly,
-    copy_audio_stream,
+    copied_streams,
+    copy_streams,
     display_rotation,
     encoder_options,
     finish_frame,
@@ -53,6 +55,7 @@ from srkit.runtime.container import (  # noqa: F401 - re-exported: the names cal
     probe,
     probe_open,
     route_for,
+    summary_of_copied,
     uses_luma8,
 )
 from srkit.runtime.container import av_module as _av
@@ -82,6 +85,7 @@ class VideoResult:
     path_taken: str  # Route value: "yuv", "rgb" or "rgb48"
     pix_fmt: str = "yuv420p"  # the output's (yuv420p10le for deeper input where the encoder has it)
     rotation: int = 0  # the input's display rotation, written on the output too
+    copied: str = ""  # what else went through unchanged: "audio copied", "audio and subtitles copied", ...
 
     @property
     def fps(self) -> float:
@@ -159,7 +163,9 @@ def upscale_video(
         info = probe_open(source)
         info.rotation = display_rotation(src)
         in_video = source.streams.video[0]
-        in_audio = source.streams.audio[0] if source.streams.audio else None
+        in_copied = copied_streams(source)
+        copied = summary_of_copied(in_copied)  # read now: a closed container's streams cannot be asked
+        has_audio = any(st.type == "audio" for st in in_copied)
         in_video.thread_type = "AUTO"  # frame-threaded decoding
         route = route_for(up.info, info, yuv_fast_path=options.yuv_fast_path)
         spec = VideoStreamSpec(codec=options.codec, options=encoder, rate=info.rate,
@@ -170,9 +176,9 @@ def upscale_video(
             sink = open_output(tmp, dst)
             try:
                 out_video = add_video_stream(sink, spec)
-                out_audio = copy_audio_stream(sink, in_audio, dst) if in_audio is not None else None
-                job = _Transcode(up=up, source=source, sink=sink, in_video=in_video, in_audio=in_audio,
-                                 out_video=out_video, out_audio=out_audio, route=route,
+                out_copied = copy_streams(sink, in_copied, dst)
+                job = _Transcode(up=up, source=source, sink=sink, in_video=in_video, in_copied=in_copied,
+                                 out_video=out_video, out_copied=out_copied, route=route,
                                  queue_size=options.queue_size, progress=progress, start=start)
                 frames = job.run()
             except BaseException:
@@ -189,7 +195,8 @@ def upscale_video(
         input_size=(info.width, info.height),
         output_size=spec.size,
         rate=info.rate,
-        audio_copied=in_audio is not None,
+        audio_copied=has_audio,
+        copied=copied,
         seconds=time.perf_counter() - start,
         path_taken=route.value,
         pix_fmt=spec.pix_fmt,
@@ -220,9 +227,9 @@ class _Transcode:
     source: Any  # the input container
     sink: Any  # the output container
     in_video: Any
-    in_audio: Any | None
+    in_copied: list[Any]  # audio and subtitle streams, copied packet by packet
     out_video: Any
-    out_audio: Any | None
+    out_copied: dict[int, Any]  # their twins in the output, by input stream index
     route: Route
     queue_size: int
     progress: Callable[[int, float], None] | None
@@ -262,12 +269,11 @@ class _Transcode:
 
     def _decode(self, pipe: _Pipeline, decoded: queue.Queue[Any], luma8: bool) -> None:
         av = _av()
-        streams = [s for s in (self.in_video, self.in_audio) if s is not None]
         try:
-            for packet in self.source.demux(*streams):
-                if packet.stream.type == "audio":
+            for packet in self.source.demux(self.in_video, *self.in_copied):
+                if packet.stream.type in COPIED_TYPES:
                     if packet.dts is not None:  # the demuxer's final empty packet carries nothing
-                        pipe.put(decoded, ("audio", packet))
+                        pipe.put(decoded, ("copy", packet))
                     continue
                 for frame in packet.decode():
                     pipe.put(decoded, ("video", prepare_frame(frame, self.route, self.up.scale, luma8=luma8)))
@@ -280,8 +286,8 @@ class _Transcode:
         try:
             while (item := pipe.get(upscaled)) is not _END:
                 kind, payload = item
-                if kind == "audio":
-                    payload.stream = self.out_audio
+                if kind == "copy":
+                    payload.stream = self.out_copied[payload.stream.index]
                     self.sink.mux(payload)
                 else:
                     self.sink.mux(self.out_video.encode(finish_frame(payload, self.route)))
