@@ -27,7 +27,7 @@ Only `onnx` and numpy are used (this is core: the runtime composes pipelines whe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -47,7 +47,9 @@ OUTPUT_NAME = "upscaled"
 PIPELINE_OPS = frozenset({
     "Cast", "Clip", "Concat", "ConstantOfShape", "Conv", "DepthToSpace", "Div", "Gather", "Mod", "Mul",
     "Pad", "ReduceMean", "Round", "Shape", "Slice", "Sub", "Transpose", "Add", "Identity",
-})  # Rounding.QUANTIZE adds QuantizeLinear (uint8), which srkit composes only for backends that run it
+})
+# Rounding.QUANTIZE adds QuantizeLinear (uint8) and compose(phase_space=True) Reshape, Unsqueeze and an 8-bit
+# DepthToSpace: srkit composes those only in memory, for the backends that run them
 
 
 def pillow_cubic(x: float, a: float = -0.5) -> float:
@@ -155,14 +157,24 @@ def check_composable(info: ModelInfo, io: Io) -> None:
         raise UnsupportedModelError(f"cannot build a pipeline for a {info.in_channels}-channel RGB model")
 
 
-def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Rounding.PORTABLE) -> Any:
+def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Rounding.PORTABLE,
+            phase_space: bool = False) -> Any:
     """tensor model (onnx.ModelProto) + its ModelInfo -> a pipeline ModelProto for `io` (metadata included).
 
-    `rounding`: how float levels become pixels (see Rounding)."""
+    `rounding`: how float levels become pixels (see Rounding). `phase_space`: for a Y-channel model whose graph
+    ends in DepthToSpace (ESPCN), leave that node out and do the colour and rounding on its input, the s*s
+    output phases at the input's size, then put the 8-bit phases in place with one DepthToSpace (see
+    `_phase_tail`); the same pixels with two float DepthToSpace passes at the output's size gone. Composed in
+    memory for the backends that ask for it: `srkit export --io` keeps the float DepthToSpace (TensorRT's
+    shuffle layers take no 8-bit tensors)."""
     from onnx import TensorProto
 
     check_composable(info, io)
     inner = _describe_inner(model)
+    # 8-bit only: ONNX Runtime has no uint16 DepthToSpace
+    tail = _phase_tail(model, info, inner) if phase_space and info.color == Color.Y and io != Io.RGB16 else None
+    if tail is not None:
+        inner = replace(inner, output_name=tail.input[0])
     g = _Graph()
     image_dtype = TensorProto.UINT16 if io == Io.RGB16 else TensorProto.UINT8
     channels = io_channels(io)
@@ -185,11 +197,18 @@ def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Roundin
         planes = g.op("Div", [pixels, g.const("peak", np.float32(peak))], "rgb")
         if channels == 1:  # gray through an RGB model: the same plane three times, the mean taken after
             planes = g.op("Concat", [planes, planes, planes], "gray3", axis=1)
-    out = _run_inner(g, planes, hw, info, inner)
+    out = _run_inner(g, planes, hw, info, inner, phases=tail is not None)
     if chroma is not None:  # RGB levels = luma gain x the model's Y + the upscaled chroma terms
-        big_chroma = _upscale_chroma(g, chroma, hw, info.scale, planes=3)
+        big_chroma = _upscale_chroma(g, chroma, hw, info.scale, planes=3, phases=tail is not None)
         # in luma units (levels / luma gain): the gain is applied once, by the rounding step
-        levels, gain = g.op("Add", [out, big_chroma], "levels_over_gain"), _luma_gain(peak)
+        if tail is None:
+            levels, gain = g.op("Add", [out, big_chroma], "levels_over_gain"), _luma_gain(peak)
+        else:  # [N, 3, s*s, H, W] chroma phases + [N, 1, s*s, H, W] luma phases
+            five_d = _phase_shape(g, hw, [3, info.scale * info.scale])
+            luma = g.op("Unsqueeze", [out, g.const("axis_1", np.array([1], np.int64))], "luma_phases")
+            levels = g.op("Add", [g.op("Reshape", [big_chroma, five_d], "chroma_phases_5d"), luma],
+                          "levels_over_gain")
+            gain = _luma_gain(peak)
     elif info.color == Color.Y and io != Io.Y8:  # gray out: imaging.y_to_gray, then to levels
         gain = peak / float(imaging._RGB2YCBCR[0].sum())
         levels = g.op("Sub", [out, g.const("offset", np.float32(imaging._YCBCR_OFFSET[0]))], "levels_over_gain")
@@ -197,8 +216,9 @@ def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Roundin
         if info.color != Color.Y and channels == 1:
             out = _reduce_mean_channels(g, out, inner.opset)
         levels, gain = out, peak
-    _to_pixels(g, levels, float(gain), peak, image_dtype, rounding)
-    return _assemble(model, info, io, g, inner, image_dtype, channels)
+    _to_pixels(g, levels, float(gain), peak, image_dtype, rounding,
+               phases=_PhaseLayout(info.scale, channels, hw) if tail is not None else None)
+    return _assemble(model, info, io, g, inner, image_dtype, channels, leave_out=tail)
 
 
 # ---- pieces ----------------------------------------------------------------------------------------
@@ -263,8 +283,10 @@ def _luma_and_chroma_terms(g: _Graph, levels: str, peak: float) -> str:
     return _conv1x1(g, levels, matrix, bias, "luma_chroma")
 
 
-def _run_inner(g: _Graph, planes: str, hw: tuple[str, str], info: ModelInfo, inner: _Inner) -> str:
-    """Pad to the size multiple, feed the model (casting for fp16-io models), crop back to scale x input."""
+def _run_inner(g: _Graph, planes: str, hw: tuple[str, str], info: ModelInfo, inner: _Inner, *,
+               phases: bool = False) -> str:
+    """Pad to the size multiple, feed the model (casting for fp16-io models), crop back to scale x input (in
+    phase space: back to the input's size, each position holding its s*s output pixels)."""
     from onnx import TensorProto
 
     m = info.size_multiple
@@ -277,7 +299,7 @@ def _run_inner(g: _Graph, planes: str, hw: tuple[str, str], info: ModelInfo, inn
     if inner.output_elem != TensorProto.FLOAT:
         out = g.op("Cast", [out], "model_out", to=TensorProto.FLOAT)
     if m > 1:
-        s = g.const("scale", np.array([info.scale], np.int64))
+        s = g.const("scale", np.array([1 if phases else info.scale], np.int64))
         ends = g.op("Concat", [g.op("Mul", [hw[0], s]), g.op("Mul", [hw[1], s])], "crop_end", axis=0)
         out = g.op("Slice", [out, g.const("zeros", np.array([0, 0], np.int64)), ends,
                              g.const("axes_hw", np.array([2, 3], np.int64))], "cropped")
@@ -292,9 +314,11 @@ def _pad_to_multiple(g: _Graph, x: str, hw: tuple[str, str], multiple: int) -> s
     return g.op("Pad", [x, pads], "padded", mode="reflect")
 
 
-def _upscale_chroma(g: _Graph, chroma: str, hw: tuple[str, str], scale: int, *, planes: int) -> str:
+def _upscale_chroma(g: _Graph, chroma: str, hw: tuple[str, str], scale: int, *, planes: int,
+                    phases: bool = False) -> str:
     """[N,C,H,W] -> [N,C,sH,sW] with Pillow's bicubic (see the module docstring). The normalisation divides
-    the phases at the input's size, before one DepthToSpace puts them in place."""
+    the phases at the input's size, before one DepthToSpace puts them in place (`phases`: left as the
+    [N, C*s*s, H, W] phases, plane-major)."""
     from onnx import TensorProto, helper
 
     pad2 = g.const("pad2", np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64))
@@ -307,6 +331,8 @@ def _upscale_chroma(g: _Graph, chroma: str, hw: tuple[str, str], scale: int, *, 
     # the same filter on a plane of ones: each phase's sum of the taps that fall inside the image
     den = g.op("Conv", [g.op("Pad", [ones, pad2], mode="constant"), g.const("cubic_norm", weights)], "norm_phases")
     normalised = g.op("Div", [num, den], "chroma_phases_normalised")
+    if phases:
+        return normalised
     return g.op("DepthToSpace", [normalised], "chroma_big", blocksize=scale, mode="CRD")
 
 
@@ -316,8 +342,26 @@ def _reduce_mean_channels(g: _Graph, x: str, opset: int) -> str:
     return g.op("ReduceMean", [x], "gray", axes=[1], keepdims=1)
 
 
-def _to_pixels(g: _Graph, levels: str, gain: float, peak: float, dtype: int, rounding: Rounding) -> None:
-    """levels x gain, rounded half to even (np.rint), clipped to the pixel range, cast, back to NHWC."""
+@dataclass(frozen=True)
+class _PhaseLayout:
+    """Levels held as output phases: [N, C, s*s, H, W] (or [N, s*s, H, W] for one plane)."""
+
+    scale: int
+    channels: int
+    hw: tuple[str, str]
+
+
+def _phase_shape(g: _Graph, hw: tuple[str, str], middle: list[int]) -> str:
+    """int64 [N, *middle, H, W] for a Reshape (N from the image's shape)."""
+    n = g.op("Gather", [g.op("Shape", [INPUT_NAME], "in_shape"), g.const("axis_n", np.array([0], np.int64))], "n",
+             axis=0)
+    return g.op("Concat", [n, g.const("middle", np.array(middle, np.int64)), *hw], "phase_shape", axis=0)
+
+
+def _to_pixels(g: _Graph, levels: str, gain: float, peak: float, dtype: int, rounding: Rounding,
+               phases: _PhaseLayout | None = None) -> None:
+    """levels x gain, rounded half to even (np.rint), clipped to the pixel range, cast, back to NHWC (from
+    phases: the 8-bit phases put in place by one DepthToSpace first)."""
     from onnx import TensorProto
 
     if rounding == Rounding.QUANTIZE and dtype == TensorProto.UINT8:
@@ -329,10 +373,29 @@ def _to_pixels(g: _Graph, levels: str, gain: float, peak: float, dtype: int, rou
         clipped = g.op("Clip", [rounded, g.const("lo", np.float32(0.0)), g.const("hi", np.float32(peak))],
                        "clipped")
         cast = g.op("Cast", [clipped], "pixels_out", to=dtype)
+    if phases is not None:
+        s = phases.scale
+        flat = g.op("Reshape", [cast, _phase_shape(g, phases.hw, [phases.channels * s * s])], "pixel_phases")
+        cast = g.op("DepthToSpace", [flat], "pixels_in_place", blocksize=s, mode="CRD")
     g.op("Transpose", [cast], output=OUTPUT_NAME, perm=[0, 2, 3, 1])
 
 
-def _assemble(model: Any, info: ModelInfo, io: Io, g: _Graph, inner: _Inner, dtype: int, channels: int) -> Any:
+def _phase_tail(model: Any, info: ModelInfo, inner: _Inner) -> Any | None:
+    """The model's last node when it is the DepthToSpace that makes its output (blocksize = scale, one output
+    channel: CRD and DCR agree) and its input is float32; else None (the pipeline keeps the model whole)."""
+    from onnx import TensorProto, helper
+
+    last = next((n for n in model.graph.node if inner.output_name in n.output), None)
+    if last is None or last.op_type != "DepthToSpace" or info.in_channels != 1:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in last.attribute}
+    if attrs.get("blocksize") != info.scale or inner.output_elem != TensorProto.FLOAT:
+        return None
+    return last
+
+
+def _assemble(model: Any, info: ModelInfo, io: Io, g: _Graph, inner: _Inner, dtype: int, channels: int, *,
+              leave_out: Any | None = None) -> Any:
     from onnx import helper
 
     graph = model.graph
@@ -346,7 +409,7 @@ def _assemble(model: Any, info: ModelInfo, io: Io, g: _Graph, inner: _Inner, dty
     pre = [n for n in g.nodes if not set(n.input) & after]
     post = [n for n in g.nodes if set(n.input) & after]
     new_graph = helper.make_graph(
-        pre + list(graph.node) + post, f"{graph.name or 'model'}_{io.value}",
+        pre + [n for n in graph.node if n is not leave_out] + post, f"{graph.name or 'model'}_{io.value}",
         [helper.make_tensor_value_info(INPUT_NAME, dtype, in_dims)],
         [helper.make_tensor_value_info(OUTPUT_NAME, dtype, out_dims)],
         initializer=list(graph.initializer) + g.initializers,

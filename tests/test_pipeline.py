@@ -163,6 +163,44 @@ def test_quantize_rounding_gives_the_portable_pixels(espcn_x3_onnx: Path, sample
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.9999
 
 
+@pytest.mark.parametrize("kind", [Io.RGB8, Io.GRAY8, Io.Y8])
+@pytest.mark.parametrize("rounding", list(Rounding))
+def test_phase_space_tail_gives_the_same_pixels(espcn_x3_onnx: Path, sample_rgb: np.ndarray, kind: Io,
+                                                rounding: Rounding) -> None:
+    """In memory, ESPCN's last DepthToSpace is left out and colour and rounding run on its s*s output phases,
+    then one 8-bit DepthToSpace: the float tail's pixels, batch of 2, an odd size, also when the graph is cut in
+    three stages (OpenVINO at bf16)."""
+    import onnx
+    import onnxruntime as ort
+
+    from srkit.pipeline import split
+
+    model, info = onnx.load(str(espcn_x3_onnx)), read_model_info(espcn_x3_onnx)
+    image = _image(sample_rgb, Io.GRAY8 if kind == Io.Y8 else kind, 45, 61)
+    image = np.stack([image, image[::-1]]) if kind == Io.RGB8 else np.stack([image, image[::-1]])[..., None]
+
+    def run(graph: object, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+        return session.run(None, feed)
+
+    plain = compose(model, info, kind, rounding=rounding)
+    phased = compose(model, info, kind, rounding=rounding, phase_space=True)
+    d2s = [n for n in phased.graph.node if n.op_type == "DepthToSpace"]
+    assert len(d2s) == 1 and d2s[0].name.startswith(PREFIX)  # the model's own and the chroma's float ones are gone
+    def assert_same_pixels(got: np.ndarray, expected: np.ndarray) -> None:
+        # ONNX Runtime may fold the gain into the model's last Conv once no DepthToSpace sits between them
+        # (measured: 2 of 49410 pixels one level apart for y8), so "the same" is the rounding test's bound
+        diff = np.abs(got.astype(int) - expected.astype(int))
+        assert got.shape == expected.shape and diff.max() <= 1 and (diff == 0).mean() >= 0.9999
+
+    expected = run(plain, {"image": image})[0]
+    assert_same_pixels(run(phased, {"image": image})[0], expected)
+    stages = split(phased)
+    phases = run(stages.model, {stages.model_input: run(stages.pre, {"image": image})[0]})[0]
+    assert phases.shape == (2, 9, 45, 61)  # the cut is at the phases
+    assert_same_pixels(run(stages.post, {stages.model_output: phases, "image": image})[0], expected)
+
+
 # ---- the file: export, metadata, int8 and fp16 ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def rgb8_model(espcn_x3_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

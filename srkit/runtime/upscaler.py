@@ -337,7 +337,9 @@ class Upscaler:
             choice = getattr(self.backend, "choice", None)
             options = replace(options, precision=choice.chosen if choice else Precision.FP32)
         model = onnx.load(str(self.model_path))
-        graph = compose(model, self.info, io, rounding=self._backend_cls.pipeline_rounding).SerializeToString()
+        # in memory, so the 8-bit phase-space tail (srkit.pipeline.compose) is fine: no TensorRT parser sees it
+        graph = compose(model, self.info, io, rounding=self._backend_cls.pipeline_rounding,
+                        phase_space=True).SerializeToString()
         backend = self._backend_cls(self.model_path, replace(self.info, io=io), options, graph=graph)
         return backend.activate()
 
