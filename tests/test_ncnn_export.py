@@ -385,7 +385,7 @@ def test_realesrgan_compact_runs_on_the_ncnn_backend_and_matches_ort(
     param = realesrgan_dir / f"{COMPACT}.param"
     onnx_path = export_model(str(param), tmp_path / "compact.onnx", options=ExportOptions(verify=False)).path
     # the bench pairs the ONNX import with the original ncnn file (same .bin): the peer row of issue 18
-    config = BenchConfig(model=onnx_path, backends=["ncnn"], ncnn_model=param)
+    config = BenchConfig(model=onnx_path, backends=["ncnn"], backend_models={"ncnn": param})
     assert [v.model for v in plan_variants(config, read_model_info(onnx_path))] == [param]
     x = model_input(photos["chelsea"], 3, 32, 40)
     with backend(param, threads=2) as b:
@@ -565,13 +565,14 @@ def test_ncnn_backend_refuses_an_onnx_model(espcn_x3_onnx: Path) -> None:
 
 # ---- the bench's ncnn rows ------------------------------------------------------------------------------------------
 def test_bench_plans_ncnn_rows_from_a_sibling_export(srvgg: dict[str, Path], tmp_path: Path) -> None:
-    from srkit.bench.runner import BenchConfig, find_ncnn_model, plan_variants
+    from srkit.bench.runner import BenchConfig, plan_variants
+    from srkit.runtime.ncnn import find_ncnn_model
 
     info = read_model_info(srvgg["onnx"])
     # tiny-srvgg-x4.param (the fp16 export) lies beside tiny-srvgg.onnx under the app name STEM-xN.param
     assert find_ncnn_model(srvgg["onnx"], info) == srvgg["fp16"]
     config = BenchConfig(model=srvgg["onnx"], backends=["ort", "ncnn"], precision="all",
-                         ncnn_model=srvgg["fp16"])
+                         backend_models={"ncnn": srvgg["fp16"]})
     rows = [(v.backend, v.precision, v.model) for v in plan_variants(config, info)]
     assert ("ncnn", "fp32", srvgg["fp16"]) in rows and ("ort", "fp32", srvgg["onnx"]) in rows
     # STEM.param beside the model is found too; an export of other weights beside it is not taken
@@ -593,7 +594,7 @@ def test_bench_plans_ncnn_rows_from_a_sibling_export(srvgg: dict[str, Path], tmp
 def test_bench_refuses_an_ncnn_export_of_other_weights(srvgg: dict[str, Path], espcn_param: Path) -> None:
     from srkit.bench.runner import BenchConfig, plan_variants
 
-    config = BenchConfig(model=srvgg["onnx"], backends=["ncnn"], ncnn_model=espcn_param)
+    config = BenchConfig(model=srvgg["onnx"], backends=["ncnn"], backend_models={"ncnn": espcn_param})
     with pytest.raises(InputError, match="not exported from the weights"):
         plan_variants(config, read_model_info(srvgg["onnx"]))
 
@@ -605,10 +606,10 @@ def test_bench_runs_an_ncnn_row(srvgg: dict[str, Path]) -> None:
         pytest.skip("Upscaler does not take ncnn .param models yet (runtime/upscaler.py __init__)")
     config = BenchConfig(model=srvgg["onnx"], backends=["ort", "ncnn"], precision="fp32", input_size=(40, 32),
                          min_time_s=0.05, peak_min_time_s=0.05, threads=1, quality=False, isolate=False,
-                         ncnn_model=srvgg["fp32"], checkpoint=srvgg["ckpt"])
+                         backend_models={"ncnn": srvgg["fp32"]}, checkpoint=srvgg["ckpt"])
     report = run_bench(config)
     rows = {r["backend"]: r for r in report["results"]}
     assert rows["ncnn"]["error"] is None and rows["ncnn"]["fps"] > 0
     assert rows["ncnn"]["parity_psnr_db"] is None or rows["ncnn"]["parity_psnr_db"] >= PARITY_DB
     assert rows["ncnn"]["gflops"] == rows["ort"]["gflops"]  # counted on the same network's ONNX graph
-    assert report["settings"]["ncnn_model"] == str(srvgg["fp32"])
+    assert report["settings"]["backend_models"] == {"ncnn": str(srvgg["fp32"])}

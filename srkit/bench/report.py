@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from srkit.bench import baselines
+from srkit.errors import SrkitError
 from srkit.quality import (  # the defaults; a report carries the gates it was run with
     FLOAT_GATE_DB,
     INT8_GATE_DB,
     PARITY_GATES_DB,
     gate_family,
 )
+from srkit.runtime import registry
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -81,7 +83,7 @@ def gate_for(report: dict[str, Any], precision: str) -> float:
 
 def fp32_psnr_y(report: dict[str, Any]) -> float | None:
     """PSNR-Y of the fp32 reference against ground truth: PyTorch fp32, else the best fp32 row."""
-    base = torch_baseline(report)
+    base = reference_baseline(report)
     if base is not None and base.get("psnr_y") is not None:
         return float(base["psnr_y"])
     return max((float(r["psnr_y"]) for r in report["results"] if not r.get("error")
@@ -112,7 +114,7 @@ def passes_gate(report: dict[str, Any], result: dict[str, Any]) -> bool:
 def deployable(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Measured results (not the PyTorch reference) that pass their parity gate and budget with no NaN."""
     return [r for r in report["results"]
-            if not r.get("error") and r.get("fps") and r["backend"] != "torch" and passes_gate(report, r)]
+            if not r.get("error") and r.get("fps") and not _is_reference(r["backend"]) and passes_gate(report, r)]
 
 
 def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -120,12 +122,24 @@ def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
     return max(deployable(report), key=lambda r: r["fps"], default=None)
 
 
-def torch_baseline(report: dict[str, Any]) -> dict[str, Any] | None:
+def _is_reference(backend: str) -> bool:
+    return backend == registry.reference()
+
+
+def _judged_by_peak(backend: str) -> bool:
+    try:
+        return registry.backend_class(backend).judged_by_peak
+    except SrkitError:  # a report from a build with a backend this one does not have
+        return False
+
+
+def reference_baseline(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The reference backend's fp32 CPU row (PyTorch eager): what "x eager fp32" divides by."""
     return next(
         (
             r
             for r in report["results"]
-            if r["backend"] == "torch"
+            if _is_reference(r["backend"])
             and r.get("fps")
             and r["precision"] == "fp32"
             and r.get("device", "cpu") == "cpu"
@@ -167,13 +181,13 @@ def check_targets(report: dict[str, Any], targets: Targets) -> list[dict[str, An
         e2e = max((r for r in deployable(report) if r.get("e2e_fps")), key=lambda r: r["e2e_fps"], default=None)
         verdict("end-to-end fps", targets.e2e_fps, e2e["e2e_fps"] if e2e else None, label(e2e))
     if targets.speedup is not None:
-        base = torch_baseline(report)
+        base = reference_baseline(report)
         speedup = best["fps"] / base["fps"] if best and base else None
         verdict("x PyTorch eager fp32", targets.speedup, speedup,
                 label(best) if base else "no PyTorch fp32 CPU result to compare with")
     if targets.pct_of_peak is not None:
         for r in report["results"]:
-            if r.get("error") or r["backend"] not in ("ort", "openvino") or r["precision"] != "fp32":
+            if r.get("error") or not _judged_by_peak(r["backend"]) or r["precision"] != "fp32":
                 continue
             verdict("% of fp32 peak", targets.pct_of_peak, r.get("pct_of_peak"), label(r))
     return verdicts
@@ -257,7 +271,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _ratio_text(report: dict[str, Any], best: dict[str, Any]) -> str:
     text = f"{best['fps']:.1f} fps model call, {best['e2e_fps']:.1f} fps end to end"
-    base = torch_baseline(report)
+    base = reference_baseline(report)
     if base:
         text += f", {best['fps'] / base['fps']:.1f}x PyTorch eager fp32"
     return text

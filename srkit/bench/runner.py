@@ -50,9 +50,9 @@ class BenchConfig:
     peak_min_time_s: float = 0.5
     devices: list[str] | None = None  # None: every device each backend has here
     checkpoint: Path | None = None  # PyTorch weights of a model not bundled with srkit (torch rows, parity)
-    # the same network exported to ncnn (`srkit export SRC -o STEM.param`) for the ncnn rows; found beside the
-    # model (STEM.param or STEM-xN.param, with the same source weights) when not given
-    ncnn_model: Path | None = None
+    # a model file per backend that runs its own format (`--ncnn-model`: {"ncnn": path}), instead of the one
+    # its Backend.bench_model finds beside `model` (ncnn: STEM.param or STEM-xN.param of the same weights)
+    backend_models: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,53 +172,12 @@ def find_int8_model(model: Path, backend: str | None = None) -> Path | None:
     return None
 
 
-def find_ncnn_model(model: Path, info: ModelInfo) -> Path | None:
-    """An ncnn export of the same weights beside `model`: STEM.param or STEM-xN.param (the name the ncnn apps
-    read the scale from), whose sidecar names the same source sha256."""
-    for name in (f"{model.stem}.param", f"{model.stem}-x{info.scale}.param"):
-        candidate = model.with_name(name)
-        if candidate.is_file() and _same_network(candidate, info):
-            return candidate
-    return None
-
-
-def _same_network(param: Path, info: ModelInfo) -> bool:
-    try:
-        other = read_model_info(param)
-    except SrkitError:
-        return False
-    return bool(info.source_sha256) and other.source_sha256 == info.source_sha256 and other.scale == info.scale
-
-
-def ncnn_model_for(config: BenchConfig, info: ModelInfo) -> Path | None:
-    if config.ncnn_model is None:
-        return find_ncnn_model(config.model, info)
-    path = Path(config.ncnn_model)
-    if not path.is_file() or path.suffix.lower() != ".param":
-        raise InputError(f"--ncnn-model {path} is not an ncnn .param file")
-    if not _same_network(path, info):
-        raise InputError(f"--ncnn-model {path} was not exported from the weights {config.model.name} was "
-                         "(its sidecar's srkit.source_sha256 or scale differs)")
-    return path
-
-
 def backend_devices(backend: str) -> list[str]:
     """The compute devices worth benchmarking: the backend's own answer (`Backend.bench_devices`)."""
     try:
         return registry.backend_class(backend).bench_devices()
     except SrkitError:
         return []
-
-
-def cpu_capabilities() -> set[str]:
-    """OpenVINO's view of the CPU's arithmetic (BF16 / FP16 / INT8), empty when OpenVINO is absent."""
-    try:
-        from srkit._optional import require
-
-        ov = require("openvino", extra="openvino")
-        return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except Exception:  # OpenVINO missing or no CPU plugin: the float precisions stay fp32-only
-        return set()
 
 
 def precisions_for(
@@ -233,19 +192,17 @@ def plan_variants(config: BenchConfig, info: ModelInfo) -> list[Variant]:
     if config.int8_model is not None and not Path(config.int8_model).is_file():
         raise InputError(f"--int8-model {config.int8_model} not found")
     want_all = config.precision.lower() == "all"
-    caps = cpu_capabilities() if want_all else set()
     variants: list[Variant] = []
-    ncnn_model = ncnn_model_for(config, info) if "ncnn" in config.backends else None
     for backend in config.backends:
-        int8 = Path(config.int8_model) if config.int8_model else find_int8_model(config.model, backend)
-        base = config.model
-        if backend == "ncnn":  # the ncnn rows run the ncnn export of the same network
-            if ncnn_model is None:
-                if config.backends == ["ncnn"]:
-                    raise InputError(f"no ncnn export of {config.model.name} found; write one with "
-                                     f"`srkit export SOURCE -o {config.model.stem}.param` or pass --ncnn-model")
-                continue  # --backend all: no ncnn file, no ncnn rows
-            base, int8 = ncnn_model, None
+        cls = registry.backend_class(backend)
+        # a backend with its own format runs its export of the same network (ncnn: the .param), else the model
+        base = cls.bench_model(config.model, info, _given_model(config, backend),
+                               required=config.backends == [backend])
+        if base is None:
+            continue  # --backend all: no file in this backend's format, no rows for it
+        int8 = None
+        if base == config.model:
+            int8 = Path(config.int8_model) if config.int8_model else find_int8_model(config.model, backend)
         devices = config.devices or backend_devices(backend) or ["cpu"]
         for device in devices:
             if not want_all:
@@ -253,18 +210,25 @@ def plan_variants(config: BenchConfig, info: ModelInfo) -> list[Variant]:
                 use_int8 = wanted == "int8" and int8 is not None and info.precision != Precision.INT8
                 variants.append(Variant(backend, device, wanted, int8 if use_int8 and int8 else base))
                 continue
+            caps = set(cls.capabilities(device))
             for precision, model in precisions_for(backend, device, info, int8, caps):
                 variants.append(Variant(backend, device, precision, model or base))
     return variants
+
+
+def _given_model(config: BenchConfig, backend: str) -> Path | None:
+    given = config.backend_models.get(backend)
+    return Path(given) if given is not None else None
 
 
 # ---- the reference -------------------------------------------------------------------------------
 def reference_output(
     model: Path, x: np.ndarray, threads: int | None, checkpoint: Path | None = None
 ) -> tuple[np.ndarray | None, str | None]:
-    """PyTorch fp32 output on x, or (None, why not)."""
+    """The reference backend's fp32 output on x (PyTorch eager), or (None, why not)."""
     try:
-        with Upscaler(model, backend="torch", precision="fp32", threads=threads, checkpoint=checkpoint) as up:
+        with Upscaler(model, backend=registry.reference(), precision="fp32", threads=threads,
+                      checkpoint=checkpoint) as up:
             return up.run_model(x), None
     except SrkitError as exc:
         return None, str(exc)
@@ -284,9 +248,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     rgb, x = benchmark_input(info, size)
     pairs = load_pairs(info.scale, config.dataset) if config.quality else []
     variants = plan_variants(config, info)
+    # the rows that run a backend's own format (ncnn's .param) rather than the ONNX model or its int8 sibling
+    own_models = {v.backend: v.model for v in variants if v.model.suffix.lower() != ".onnx"}
     machine = machine_info()  # the load average as the run starts; the end's is added below
     if progress:
-        progress("torch fp32 reference")
+        progress(f"{registry.reference()} fp32 reference")
     if config.isolate:
         try:
             ref, ref_error = _in_fresh_process(
@@ -329,8 +295,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             "resize_kernel": RESIZE_KERNEL,
             "min_time_s": config.min_time_s,
             "isolated_processes": config.isolate,
-            "int8_models": sorted({str(v.model) for v in variants if v.model != config.model and v.backend != "ncnn"}),
-            "ncnn_model": next((str(v.model) for v in variants if v.backend == "ncnn"), None),
+            "int8_models": sorted({str(v.model) for v in variants
+                                   if v.model != config.model and v.model != own_models.get(v.backend)}),
+            "backend_models": {name: str(path) for name, path in own_models.items()},
             "dataset": str(config.dataset)
             if config.dataset
             else "built-in CC0 photos: " + ", ".join(p.name for p in pairs),
@@ -371,7 +338,7 @@ def bench_variant(
             device=variant.device,
             precision=variant.precision,
             threads=config.threads,
-            checkpoint=config.checkpoint if variant.backend == "torch" else None,
+            checkpoint=config.checkpoint if registry.backend_class(variant.backend).is_reference else None,
         )
         up.backend.activate()
     except (SrkitError, RuntimeError) as exc:
@@ -453,7 +420,7 @@ def add_roofline(
     # an ncnn row runs the same network as the ONNX model: its FLOPs are counted on the ONNX graph
     counted = variant.model if variant.model.suffix.lower() == ".onnx" else config.model
     count = count_flops(counted, (int(hw[0]), int(hw[1])))
-    precision = result.precision if variant.backend == "openvino" else variant.precision
+    precision = registry.backend_class(variant.backend).peak_precision(variant.precision, result.precision)
     try:
         peak = measure_peak(
             variant.backend,

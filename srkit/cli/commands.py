@@ -342,7 +342,7 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
                          threads=threads, min_time_s=min_time, peak_min_time_s=min(0.5, min_time),
                          int8_model=Path(int8_model) if int8_model else None,
                          checkpoint=Path(checkpoint) if checkpoint else None, quality=quality,
-                         ncnn_model=Path(ncnn_model) if ncnn_model else None)
+                         backend_models={"ncnn": Path(ncnn_model)} if ncnn_model else {})
     steps = len(plan_variants(config, info)) + 1  # + the PyTorch reference
     with progress(steps, "benchmarking") as advance:
         report = run_bench(config, progress=lambda name: advance(description=f"benchmarking {name}"))

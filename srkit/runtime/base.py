@@ -57,6 +57,12 @@ class Backend(ABC):
     # How the pipelines srkit composes for this backend round to pixels (same pixels either way; the fastest
     # form this backend runs, measured: srkit.pipeline.Rounding).
     pipeline_rounding: ClassVar[Rounding] = Rounding.PORTABLE
+    # The backend whose fp32 CPU output is the parity reference and whose fp32 CPU row is the bench's "x eager
+    # fp32" baseline (PyTorch eager); its rows are never recommended.
+    is_reference: ClassVar[bool] = False
+    # Whether its fp32 rows are held to the bench's "% of fp32 peak" target (its peak probe runs the same
+    # kernels as its model calls).
+    judged_by_peak: ClassVar[bool] = False
 
     def __init__(
         self, model_path: Path, info: ModelInfo, options: BackendOptions, *, graph: bytes | None = None
@@ -123,6 +129,22 @@ class Backend(ABC):
         precision stored in the model, and the int8 sibling when there is one."""
         pairs: list[tuple[str, Path | None]] = [(info.precision.value, None)]
         return [*pairs, ("int8", int8)] if int8 else pairs
+
+    @classmethod
+    def bench_model(cls, model: Path, info: ModelInfo, given: Path | None = None, *, required: bool = False
+                    ) -> Path | None:
+        """The file this backend's bench rows run for the ONNX `model`: the model itself by default. A backend
+        with its own format checks `given` or finds its export of the same network, and returns None when there
+        is none (an InputError saying how to make one when `required`)."""
+        if given is not None:
+            raise InputError(f"backend {cls.name} runs the ONNX model itself; it takes no separate model file")
+        return model
+
+    @classmethod
+    def peak_precision(cls, asked: str, ran: str) -> str:
+        """The precision whose peak a bench row is compared with: the one asked for, by default (OpenVINO: the
+        one it ran, e.g. int8 with bf16 float layers)."""
+        return asked
 
     @classmethod
     def graph_call(

@@ -39,6 +39,27 @@ PRECISION_OPTIONS: dict[Precision, tuple[str, ...]] = {
 }
 
 
+def find_ncnn_model(model: Path, info: ModelInfo) -> Path | None:
+    """An ncnn export of the same weights beside `model`: STEM.param or STEM-xN.param (the name the ncnn apps
+    read the scale from), whose sidecar names the same source sha256."""
+    for name in (f"{model.stem}.param", f"{model.stem}-x{info.scale}.param"):
+        candidate = model.with_name(name)
+        if candidate.is_file() and same_network(candidate, info):
+            return candidate
+    return None
+
+
+def same_network(param: Path, info: ModelInfo) -> bool:
+    from srkit.errors import SrkitError
+    from srkit.meta import read_model_info
+
+    try:
+        other = read_model_info(param)
+    except SrkitError:
+        return False
+    return bool(info.source_sha256) and other.source_sha256 == info.source_sha256 and other.scale == info.scale
+
+
 def vulkan_gpu_count() -> int:
     """GPUs ncnn can use. Without a Vulkan loader on the system ncnn is not asked (it would print a dlopen
     error per attempt)."""
@@ -57,6 +78,24 @@ class NcnnBackend(Backend):
     @classmethod
     def devices(cls) -> list[str]:
         return ["cpu"] + (["vulkan"] if vulkan_gpu_count() > 0 else [])
+
+    @classmethod
+    def bench_model(cls, model: Path, info: ModelInfo, given: Path | None = None, *, required: bool = False
+                    ) -> Path | None:
+        """The ncnn export of the ONNX `model`'s network: `given` (checked to come from the same weights), else
+        found beside it; the bench's ncnn rows run it next to the ONNX rows (the peer row of the apps)."""
+        if given is not None:
+            if not given.is_file() or given.suffix.lower() != ".param":
+                raise InputError(f"--ncnn-model {given} is not an ncnn .param file")
+            if not same_network(given, info):
+                raise InputError(f"--ncnn-model {given} was not exported from the weights {model.name} was "
+                                 "(its sidecar's srkit.source_sha256 or scale differs)")
+            return given
+        found = find_ncnn_model(model, info)
+        if found is None and required:
+            raise InputError(f"no ncnn export of {model.name} found; write one with "
+                             f"`srkit export SOURCE -o {model.stem}.param` or pass --ncnn-model")
+        return found
 
     @classmethod
     def precision_candidates(

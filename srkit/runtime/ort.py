@@ -89,6 +89,7 @@ class OrtBackend(Backend):
     Options = OrtOptions
     thread_safe = True  # InferenceSession.run may be called from several threads at once
     runs_pipelines = True
+    judged_by_peak = True
     # one QuantizeLinear instead of Mul, Round, Clip, Cast: 3-4x less time for that step on the CPU EP
     pipeline_rounding = Rounding.QUANTIZE
 

@@ -35,6 +35,18 @@ def backend_class(name: str) -> type[Backend]:
     return cls
 
 
+def reference() -> str:
+    """The backend whose fp32 output the others are compared with (`Backend.is_reference`: PyTorch)."""
+    return next(name for name in _BACKENDS if _reference_flag(name))
+
+
+def _reference_flag(name: str) -> bool:
+    try:
+        return backend_class(name).is_reference
+    except BackendUnavailableError:
+        return False
+
+
 def available() -> list[str]:
     found = []
     for name in _BACKENDS:

@@ -30,6 +30,7 @@ class TorchBackend(Backend):
     title = "PyTorch (eager)"
     module_name = "torch"
     Options = TorchOptions
+    is_reference = True  # eager PyTorch fp32: what every export is checked against
 
     @classmethod
     def devices(cls) -> list[str]:
