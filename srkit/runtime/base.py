@@ -57,6 +57,8 @@ class Backend(ABC):
     # How the pipelines srkit composes for this backend round to pixels (same pixels either way; the fastest
     # form this backend runs, measured: srkit.pipeline.Rounding).
     pipeline_rounding: ClassVar[Rounding] = Rounding.PORTABLE
+    # The model file this backend runs (ncnn: a .param with its .bin; the others: an exported ONNX model).
+    model_suffix: ClassVar[str] = ".onnx"
     # The backend whose fp32 CPU output is the parity reference and whose fp32 CPU row is the bench's "x eager
     # fp32" baseline (PyTorch eager); its rows are never recommended.
     is_reference: ClassVar[bool] = False

@@ -74,6 +74,7 @@ class NcnnBackend(Backend):
     title = "ncnn"
     module_name = "ncnn"
     thread_safe: ClassVar[bool] = True  # one Net, one Extractor per image and call
+    model_suffix = ".param"
 
     @classmethod
     def devices(cls) -> list[str]:

@@ -35,6 +35,19 @@ def backend_class(name: str) -> type[Backend]:
     return cls
 
 
+def model_suffixes() -> dict[str, str | None]:
+    """File suffix -> the backend that runs only that format (None: the ONNX backends)."""
+    suffixes: dict[str, str | None] = {".onnx": None}
+    for name in _BACKENDS:
+        try:
+            suffix = backend_class(name).model_suffix
+        except BackendUnavailableError:
+            continue
+        if suffix != ".onnx":
+            suffixes[suffix] = name
+    return suffixes
+
+
 def reference() -> str:
     """The backend whose fp32 output the others are compared with (`Backend.is_reference`: PyTorch)."""
     return next(name for name in _BACKENDS if _reference_flag(name))

@@ -65,18 +65,20 @@ class Upscaler:
         self.on_note = on_note or log.info
         self._approximation_noted = False
         path = Path(model)
-        is_ncnn = path.suffix.lower() == ".param"  # an ncnn model (`srkit export -o m.param`): the ncnn backend
-        if path.suffix.lower() != ".onnx" and not is_ncnn:
+        suffixes = registry.model_suffixes()  # .onnx, and the formats a backend of their own runs (ncnn .param)
+        suffix = path.suffix.lower()
+        if suffix not in suffixes:
             raise InputError(
-                f"{model}: the runtime takes an exported .onnx model (or an ncnn .param); "
-                f"run `srkit export {model}` first (or use srkit.export.export_model)"
+                f"{model}: the runtime takes an exported .onnx model (or {', '.join(s for s in suffixes if s != '.onnx')}"
+                f" for their backends); run `srkit export {model}` first (or use srkit.export.export_model)"
             )
         self.model_path = path
         self.info: ModelInfo = read_model_info(path)
-        cls = registry.pick("ncnn" if is_ncnn and backend.lower() == "auto" else backend, device)
-        if is_ncnn != (cls.name == "ncnn"):
-            raise InputError(f"{model}: the {cls.name} backend runs {'ncnn .param' if cls.name == 'ncnn' else '.onnx'} "
-                             f"models; use {'--backend ncnn' if is_ncnn else 'the .onnx export'}")
+        own = suffixes[suffix]
+        cls = registry.pick(own if own and backend.lower() == "auto" else backend, device)
+        if cls.model_suffix != suffix:
+            raise InputError(f"{model}: the {cls.name} backend runs {cls.model_suffix} models; use "
+                             f"{f'--backend {own}' if own else 'the .onnx export'}")
         given = dict(backend_options)
         if checkpoint is not None:  # the PyTorch backend's weights (TorchOptions.checkpoint)
             given["checkpoint"] = checkpoint
