@@ -16,12 +16,16 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def resolve_onnx(model: str, *, allow_ncnn: bool = False) -> Path:
-    """`allow_ncnn`: an ncnn .param is a model too (what `srkit upscale --backend ncnn` runs)."""
+def resolve_onnx(model: str, *, other_formats: bool = False) -> Path:
+    """`other_formats`: a model in a format a backend of its own runs is a model too (an ncnn .param, what
+    `srkit upscale --backend ncnn` runs; `Backend.model_suffix`)."""
     path = Path(model)
     if path.is_file():
-        if allow_ncnn and path.suffix.lower() == ".param":
-            return path
+        if other_formats:
+            from srkit.runtime import registry
+
+            if path.suffix.lower() in registry.model_suffixes():
+                return path
         if path.suffix.lower() != ".onnx":
             raise InputError(f"{model} is not an .onnx model; export it first: srkit export {model}")
         return path

@@ -129,7 +129,7 @@ def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, 
     from srkit.runtime.container import is_video_path
     from srkit.runtime.files import Status, plan_files, upscale_files
 
-    model_path = resolve_onnx(model, allow_ncnn=True)
+    model_path = resolve_onnx(model, other_formats=True)
     up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads,
                   tile=tile, tile_overlap=tile_overlap, on_note=lambda note: print(f"srkit: {note}", file=sys.stderr))
     if len(inputs) == 1 and is_video_path(inputs[0]):
