@@ -49,6 +49,9 @@ def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: s
         pytest.skip(f"{backend} is not installed")
     if precision == "bf16" and backend == "openvino" and "BF16" not in cpu_capabilities():
         pytest.skip("this CPU has no bf16 arithmetic")
+    why = next((w for b, p, w in case.skip if (b, p) == (backend, precision)), None)
+    if why is not None:
+        pytest.skip(f"{case.name} {backend} {precision}: {why}")
     prepared = prepare(case)
     model = prepared.onnx
     if precision == "int8":

@@ -6,6 +6,7 @@ map H x W to exactly scale*H x scale*W (the torch modules pad inside the graph).
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 from pathlib import Path
@@ -193,6 +194,26 @@ def test_cunet_variants_match_ncnn_with_gate(name: str, crop: np.ndarray, tmp_pa
 def test_realsr_df2k_matches_ncnn(crop: np.ndarray, tmp_path: Path) -> None:
     out = export_and_compare("realsr", "REALSR_DF2K_UP4X", crop, tmp_path, gate=False)
     assert out["result"].info.params["num_block"] == 23
+
+
+# ---- fp16: the flag follows a measurement with the real weights ------------------------------------
+@pytest.mark.slow
+def test_realcugan_fp16_export_with_real_weights_is_safe(tmp_path: Path) -> None:
+    """ArchSpec.fp16_safe is True for realcugan because the released weights stay far from fp16's range: the
+    fp16 export measures its activations on real photos (largest ~63, docs/ncnn-models.md), keeps no node in
+    fp32 and passes the fp16 gate (measured 81 dB against PyTorch fp32)."""
+    pytest.importorskip("onnxruntime")
+    from srkit.export import ExportOptions, export_model
+    from srkit.models import registry
+
+    assert registry.get("realcugan").fp16_safe
+    param = model_dir("realcugan") / "REALCUGAN_SE_UP2X.param"
+    result = export_model(str(param), tmp_path / "cugan-fp16.onnx", options=ExportOptions(fp16=True))
+    summary = json.loads(result.info.extra["fp16"])
+    assert summary["activation_max"] < 1000.0, summary  # 65504 is fp16's largest: over 60x of margin
+    assert json.loads(result.info.extra["fp32_nodes"]) == []
+    assert result.parity is not None and result.parity.passed and result.parity.nonfinite == 0
+    assert result.parity.psnr_db >= 60.0, result.parity
 
 
 # ---- exact output size, tiled and untiled ------------------------------------------------------------
