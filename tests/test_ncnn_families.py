@@ -265,6 +265,26 @@ def test_output_is_exactly_scale_times_input_tiled_and_untiled(
         assert 10 * np.log10(1 / max(mse, 1e-12)) > 46.0
 
 
+def test_cli_upscale_tiles_a_realcugan_x3_to_the_exact_size(
+    exported: dict[str, Path], sample_rgb: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`srkit upscale --tile` with an unpadded-convolution U-Net (size multiple 4): exactly 3x an odd-sized
+    image, the approximation said on stderr; a tile off the stride grid is a one-line user error."""
+    from srkit.cli.main import run
+    from srkit.imageio import read_image, write_image
+
+    src = write_image(tmp_path / "in.png", np.ascontiguousarray(sample_rgb[:101, :123]))
+    model = str(exported["REALCUGAN_SE_UP3X"])
+    out = tmp_path / "out.png"
+    assert run(["upscale", str(src), "-m", model, "-o", str(out), "--tile", "80"]) == 0, capsys.readouterr().err
+    assert read_image(out).shape == (303, 369, 3)
+    err = capsys.readouterr().err
+    assert "tiles 80x80" in err and "approximates" in err
+    assert run(["upscale", str(src), "-m", model, "-o", str(tmp_path / "bad.png"), "--tile", "66"]) == 2
+    assert "multiple of the model's size multiple 4" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_only_the_se_means_differ_in_an_aligned_tile(photos: dict[str, np.ndarray]) -> None:
     """With the whole image's SE weights replayed, a tile that starts on the stride grid (a multiple of 4 for
     x3) reproduces the whole image's output away from its edges exactly; a tile shifted by 2 px does not,
