@@ -58,6 +58,11 @@ ELEMENTWISE = {
     "Mean",
 }
 CONV_LIKE = {"Conv", "ConvInteger", "QLinearConv"}
+# Input positions that carry shapes, pads or indices: small integer tensors computed from the input's shape
+SHAPE_INPUTS: dict[str, set[int]] = {
+    "Pad": {1, 2, 3}, "Slice": {1, 2, 3, 4}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Resize": {1, 2, 3},
+    "Upsample": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2}, "Split": {1}, "Squeeze": {1}, "Unsqueeze": {1},
+}
 MATMUL_LIKE = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"}
 
 
@@ -163,6 +168,45 @@ def _node_flops(
     return 0.0
 
 
+def _fold_shape_inputs(model: Any, input_shape: tuple[int, ...]) -> Any | None:
+    """The model with its computed pads, crops and shapes replaced by their values at this input shape.
+
+    Graphs that pad inside (Real-CUGAN, SwinIR, HAT, SAFMN, Omni-SR) compute the pad from Shape(input) through
+    ops that onnx's data propagation does not follow (Mod), so inference loses every shape after the Pad. Those
+    integer tensors are evaluated once with ONNX Runtime (on the subgraph that computes them) and put back as
+    constants. None when that cannot be done (no onnxruntime, an unexpected graph): the count then lists the
+    nodes it could not size, as before.
+    """
+    import onnx
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    made = {o for n in model.graph.node for o in n.output}
+    targets = sorted({n.input[i] for n in model.graph.node for i in SHAPE_INPUTS.get(n.op_type, ())
+                      if i < len(n.input) and n.input[i] in made})
+    if not targets:
+        return None
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    try:
+        typed = onnx.shape_inference.infer_shapes(folded)  # the extractor needs every target's value_info
+        sub = onnx.utils.Extractor(typed).extract_model([folded.graph.input[0].name], targets)
+        session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+        values = session.run(targets, {session.get_inputs()[0].name: np.zeros(input_shape, dtype=np.float32)})
+    except Exception:  # any failure only means the count stays partial, as without folding
+        return None
+    renamed = {name: f"{name}__folded" for name in targets}
+    for name, value in zip(targets, values, strict=True):
+        folded.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), renamed[name]))
+    for node in folded.graph.node:
+        for i in SHAPE_INPUTS.get(node.op_type, ()):
+            if i < len(node.input) and node.input[i] in renamed:
+                node.input[i] = renamed[node.input[i]]
+    return folded
+
+
 def count_flops(model_path: str | Path, input_hw: tuple[int, int], *, batch: int = 1) -> FlopCount:
     """FLOPs of one call of the model at a (H, W) input (already padded to the model's size multiple)."""
     import onnx
@@ -172,6 +216,11 @@ def count_flops(model_path: str | Path, input_hw: tuple[int, int], *, batch: int
     _fix_input_shape(model, (batch, channels, *input_hw))
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = _shapes(inferred)
+    if any(shapes.get(o) is None for n in inferred.graph.node if n.op_type in CONV_LIKE for o in n.output[:1]):
+        folded = _fold_shape_inputs(model, (batch, channels, *input_hw))
+        if folded is not None:
+            inferred = onnx.shape_inference.infer_shapes(folded, data_prop=True)
+            shapes = _shapes(inferred)
     producers = {o: n for n in inferred.graph.node for o in n.output}
     count = FlopCount()
     for node in inferred.graph.node:
