@@ -92,9 +92,9 @@ def test_flop_count_follows_a_pad_computed_inside_the_graph(tmp_path: Path) -> N
         helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
         helper.make_node("Conv", ["padded", "w"], ["y"], pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(nodes, "computed-pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                              [1, 1, "h", "w"])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, None, None])],
-                              inits)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, None, None])
+    graph = helper.make_graph(nodes, "computed-pad", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(tmp_path / "pad.onnx"))
     count = count_flops(tmp_path / "pad.onnx", (10, 13))  # padded to 12 x 16 inside
