@@ -102,6 +102,27 @@ def test_flop_count_follows_a_pad_computed_inside_the_graph(tmp_path: Path) -> N
     assert count.conv == 2 * (8 * 12 * 16) * 9
 
 
+def test_flop_count_of_a_window_attention_model_is_complete(tmp_path: Path) -> None:
+    """SwinIR pads to its window inside the graph and reshapes by shapes taken deeper in: every layer is sized,
+    and the count follows the padded size (37x53 and 40x56 pad to the same 40x56)."""
+    pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from srkit.export import ExportOptions, export_model
+    from srkit.models import registry
+
+    params = {**registry.get("swinir").defaults, "in_channels": 3, "embed_dim": 12, "depths": [2], "num_heads": [2],
+              "window_size": 8, "mlp_ratio": 2.0, "resi_connection": "1conv", "img_range": 1.0, "scale": 2,
+              "upsampler": "pixelshuffle", "num_feat": 16}
+    module = registry.get("swinir").build(params)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp_path / "s.safetensors"),
+              metadata={"srkit.arch": "swinir", "srkit.params": json.dumps(params)})
+    path = export_model(str(tmp_path / "s.safetensors"), tmp_path / "s.onnx", options=ExportOptions(verify=False)).path
+    odd, even = count_flops(path, (37, 53)), count_flops(path, (40, 56))
+    assert not odd.unknown and odd.by_op["MatMul"] > 0 and odd.by_op["Conv"] > 0
+    assert odd.conv == pytest.approx(even.conv, rel=0.02)  # the convs before the pad see 37x53, the rest 40x56
+
+
 def test_flop_count_of_the_bundled_espcn(espcn_x3_onnx: Path) -> None:
     info = read_model_info(espcn_x3_onnx)
     feat, feat2, cin, s = info.params["feat"], info.params["feat2"], info.in_channels, info.scale

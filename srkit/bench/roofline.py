@@ -172,39 +172,74 @@ def _fold_shape_inputs(model: Any, input_shape: tuple[int, ...]) -> Any | None:
     """The model with its computed pads, crops and shapes replaced by their values at this input shape.
 
     Graphs that pad inside (Real-CUGAN, SwinIR, HAT, SAFMN, Omni-SR) compute the pad from Shape(input) through
-    ops that onnx's data propagation does not follow (Mod), so inference loses every shape after the Pad. Those
-    integer tensors are evaluated once with ONNX Runtime (on the subgraph that computes them) and put back as
-    constants. None when that cannot be done (no onnxruntime, an unexpected graph): the count then lists the
-    nodes it could not size, as before.
+    ops that onnx's data propagation does not follow (Mod), so inference loses every shape after the Pad. In
+    rounds: every Shape whose input's shape is now known becomes a constant, and every shape-carrying input whose
+    subgraph is then pure shape arithmetic (no convolution or matrix product) is evaluated with onnx's reference
+    evaluator and put back as a constant; shape inference runs again. None when nothing could be folded: the count
+    then lists the nodes it could not size, as before.
     """
     import onnx
 
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    made = {o for n in model.graph.node for o in n.output}
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    changed_any = False
+    for _ in range(16):  # each round reaches one more Pad / Reshape deeper into the network
+        shapes = _shapes(onnx.shape_inference.infer_shapes(folded, data_prop=True))
+        changed = _constant_shapes(folded, shapes)
+        changed = _evaluate_shape_inputs(folded, input_shape) or changed
+        changed_any = changed_any or changed
+        if not changed:
+            break
+    return folded if changed_any else None
+
+
+def _constant_shapes(model: Any, shapes: dict[str, tuple[int, ...] | None]) -> bool:
+    """Shape nodes whose input has a known static shape, replaced by that shape as an initializer."""
+    import onnx
+
+    done = []
+    for node in model.graph.node:
+        known = shapes.get(node.input[0]) if node.op_type == "Shape" else None
+        if known is None:
+            continue
+        start, end = int(_attr(node, "start", 0)), _attr(node, "end", None)
+        value = np.array(known[start : None if end is None else int(end)], dtype=np.int64)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(value, node.output[0]))
+        done.append(node)
+    for node in done:
+        model.graph.node.remove(node)
+    return bool(done)
+
+
+def _evaluate_shape_inputs(model: Any, input_shape: tuple[int, ...]) -> bool:
+    """Shape-carrying inputs computed by shape arithmetic alone, evaluated and put back as initializers."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    made = {o: n for n in model.graph.node for o in n.output}
     targets = sorted({n.input[i] for n in model.graph.node for i in SHAPE_INPUTS.get(n.op_type, ())
                       if i < len(n.input) and n.input[i] in made})
     if not targets:
-        return None
-    folded = onnx.ModelProto()
-    folded.CopyFrom(model)
+        return False
+    heavy = CONV_LIKE | MATMUL_LIKE | {"ConvTranspose"}
     try:
-        typed = onnx.shape_inference.infer_shapes(folded)  # the extractor needs every target's value_info
-        sub = onnx.utils.Extractor(typed).extract_model([folded.graph.input[0].name], targets)
-        session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
-        values = session.run(targets, {session.get_inputs()[0].name: np.zeros(input_shape, dtype=np.float32)})
+        typed = onnx.shape_inference.infer_shapes(model)  # the extractor needs every target's value_info
+        extractor = onnx.utils.Extractor(typed)
+        feed = {model.graph.input[0].name: np.zeros(input_shape, np.float32)}
+        values: dict[str, Any] = {}
+        for name in targets:
+            sub = extractor.extract_model([model.graph.input[0].name], [name])
+            if any(n.op_type in heavy for n in sub.graph.node):
+                continue  # depends on computed data, or on a Shape not known yet: a later round
+            inputs = {i.name for i in sub.graph.input}
+            outputs: Any = ReferenceEvaluator(sub).run([name], {k: v for k, v in feed.items() if k in inputs})
+            values[name] = outputs[0]
     except Exception:  # any failure only means the count stays partial, as without folding
-        return None
-    renamed = {name: f"{name}__folded" for name in targets}
-    for name, value in zip(targets, values, strict=True):
-        folded.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), renamed[name]))
-    for node in folded.graph.node:
-        for i in SHAPE_INPUTS.get(node.op_type, ()):
-            if i < len(node.input) and node.input[i] in renamed:
-                node.input[i] = renamed[node.input[i]]
-    return folded
+        return False
+    for name, value in values.items():
+        made[name].output[list(made[name].output).index(name)] = f"{name}__unused"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+    return bool(values)
 
 
 def count_flops(model_path: str | Path, input_hw: tuple[int, int], *, batch: int = 1) -> FlopCount:
