@@ -8,6 +8,10 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "heavy: seconds per model call on a 2-core CPU (SPAN, Real-CUGAN)")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # the heavy models last, so that `-x` stops early on the quick ones
     order = {"espcn-x3": 0, "realesr-animevideov3": 1, "realesrgan-x4plus": 2}

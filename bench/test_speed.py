@@ -3,9 +3,11 @@
     pytest bench/ --benchmark-json bench.json            # everything installed
     pytest bench/ -k "espcn and openvino"                # a subset
     SRKIT_BENCH_ROUNDS=50 pytest bench/ -k espcn         # more rounds
+    pytest bench/test_speed.py -m heavy                  # only the heavy models (SPAN, Real-CUGAN)
 
-Each row also records fps, parity, GFLOP per call and achieved GFLOP/s in the benchmark's `extra_info`
-(`srkit bench` adds the measured peak).
+Each row also records fps, end-to-end fps (uint8 image in and out through `Upscaler.upscale`), parity, GFLOP per
+call and achieved GFLOP/s in the benchmark's `extra_info` (`srkit bench` adds the measured peak); int8 rows also
+what the quantizer measured against its budget, and a skipped int8 row says why the quantizer refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from _suite import CASES, Case, prepare, reference, rounds
 from srkit.bench import metrics
 from srkit.bench.roofline import count_flops
 from srkit.bench.runner import benchmark_input, cpu_capabilities
+from srkit.bench.timing import measure
 from srkit.quality import FLOAT_GATE_DB, INT8_GATE_DB
 from srkit.runtime import Upscaler
 
@@ -36,22 +39,30 @@ def gate_db(case: Case, precision: str) -> float:
     return INT8_GATE_DB if case.gan or precision == "int8" else FLOAT_GATE_DB
 
 
+CASE_PARAMS = [pytest.param(c, id=c.name, marks=pytest.mark.heavy if c.heavy else ()) for c in CASES]
+
+
 @pytest.mark.parametrize(("backend", "precision"), ROWS, ids=[f"{b}-{p}" for b, p in ROWS])
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: str) -> None:
     if backend not in Upscaler.available_backends():
         pytest.skip(f"{backend} is not installed")
     if precision == "bf16" and backend == "openvino" and "BF16" not in cpu_capabilities():
         pytest.skip("this CPU has no bf16 arithmetic")
+    if precision == "bf16" and case.heavy and "BF16" not in cpu_capabilities():
+        # PyTorch emulates bf16 without avx512_bf16 / AMX: SPAN x4 at 64x36 took 5.7 s against 0.29 s in fp32,
+        # Real-CUGAN x2 5.4 s against 0.20 s (AMD EPYC, AVX2 only): a row of a quarter of an hour
+        pytest.skip("this CPU has no bf16 arithmetic (PyTorch emulates it, ~20x slower than fp32)")
     prepared = prepare(case)
     model = prepared.onnx
     if precision == "int8":
         if backend not in prepared.int8:
-            pytest.skip(f"no int8 model of {case.name} for {backend}")
+            why = prepared.int8_notes.get(backend, "not quantized for the suite")
+            pytest.skip(f"no int8 model of {case.name} for {backend}: {why}")
         model = prepared.int8[backend]
     extra = {"checkpoint": prepared.checkpoint} if backend == "torch" and prepared.checkpoint else {}
     with Upscaler(model, backend=backend, precision=precision, **extra) as up:
-        _, x = benchmark_input(up.info, case.input_size)
+        rgb, x = benchmark_input(up.info, case.input_size)
         out = up.run_model(x)  # warm-up at this shape, and the output the gate judges
         parity_db, max_abs = metrics.parity(out, reference(prepared, x))
         hw = out.shape[2] // up.scale, out.shape[3] // up.scale
@@ -67,12 +78,20 @@ def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: s
                 "parity_psnr_db": parity_db,
                 "parity_max_abs": max_abs,
                 "gflops": gflops,
+                "note": case.note,
+                **({"int8_quantizer": prepared.int8_notes.get(backend, "")} if precision == "int8" else {}),
             }
         )
         benchmark.pedantic(up.run_model, args=(x,), warmup_rounds=1, rounds=rounds(case), iterations=1)
+        e2e = measure(lambda: up.upscale(rgb), warmup=0, min_time_s=0.0, min_calls=rounds(case))  # warm: same shape
+        benchmark.extra_info["e2e_fps"] = e2e.fps
     stats = benchmark.stats.stats if benchmark.stats else None
     if stats is not None:
         benchmark.extra_info["fps"] = 1.0 / stats.mean
         benchmark.extra_info["achieved_gflops"] = gflops / stats.mean
     gate = gate_db(case, precision)
+    known = next((w for b, p, w in case.below_gate if (b, p) == (backend, precision)), None)
+    if known is not None:
+        assert parity_db < gate, f"{case.name} {backend} {precision} now meets the gate: drop its below_gate entry"
+        pytest.xfail(f"{known}: parity {parity_db:.2f} dB < gate {gate} dB")
     assert parity_db >= gate, f"{case.name} {backend} {precision}: parity {parity_db:.2f} dB < gate {gate} dB"

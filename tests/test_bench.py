@@ -73,6 +73,56 @@ def test_flop_count_matches_the_hand_count(tmp_path: Path) -> None:
     assert not count.unknown
 
 
+def test_flop_count_follows_a_pad_computed_inside_the_graph(tmp_path: Path) -> None:
+    """Pad to a multiple of 4 computed from Shape(x) with Mod (as Real-CUGAN and the window-attention models
+    do): onnx's inference alone loses the shapes after the Pad; the count evaluates the pads and finds them."""
+    inits = [
+        numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 1, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([2], np.int64), "two"), numpy_helper.from_array(np.array([4], np.int64), "four"),
+        numpy_helper.from_array(np.array([4, 4], np.int64), "fours"),
+        numpy_helper.from_array(np.zeros(6, np.int64), "zeros"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "two", "four"], ["hw"]),
+        helper.make_node("Mod", ["hw", "fours"], ["rest"]),
+        helper.make_node("Sub", ["fours", "rest"], ["missing"]),
+        helper.make_node("Mod", ["missing", "fours"], ["pad"]),
+        helper.make_node("Concat", ["zeros", "pad"], ["pads"], axis=0),
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Conv", ["padded", "w"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, None, None])
+    graph = helper.make_graph(nodes, "computed-pad", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "pad.onnx"))
+    count = count_flops(tmp_path / "pad.onnx", (10, 13))  # padded to 12 x 16 inside
+    assert not count.unknown
+    assert count.conv == 2 * (8 * 12 * 16) * 9
+
+
+def test_flop_count_of_a_window_attention_model_is_complete(tmp_path: Path) -> None:
+    """SwinIR pads to its window inside the graph and reshapes by shapes taken deeper in: every layer is sized,
+    and the count follows the padded size (37x53 and 40x56 pad to the same 40x56)."""
+    pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from srkit.export import ExportOptions, export_model
+    from srkit.models import registry
+
+    params = {**registry.get("swinir").defaults, "in_channels": 3, "embed_dim": 12, "depths": [2], "num_heads": [2],
+              "window_size": 8, "mlp_ratio": 2.0, "resi_connection": "1conv", "img_range": 1.0, "scale": 2,
+              "upsampler": "pixelshuffle", "num_feat": 16}
+    module = registry.get("swinir").build(params)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp_path / "s.safetensors"),
+              metadata={"srkit.arch": "swinir", "srkit.params": json.dumps(params)})
+    path = export_model(str(tmp_path / "s.safetensors"), tmp_path / "s.onnx", options=ExportOptions(verify=False)).path
+    odd, even = count_flops(path, (37, 53)), count_flops(path, (40, 56))
+    assert not odd.unknown and odd.by_op["MatMul"] > 0 and odd.by_op["Conv"] > 0
+    assert odd.conv == pytest.approx(even.conv, rel=0.02)  # the convs before the pad see 37x53, the rest 40x56
+
+
 def test_flop_count_of_the_bundled_espcn(espcn_x3_onnx: Path) -> None:
     info = read_model_info(espcn_x3_onnx)
     feat, feat2, cin, s = info.params["feat"], info.params["feat2"], info.in_channels, info.scale

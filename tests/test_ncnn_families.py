@@ -6,6 +6,7 @@ map H x W to exactly scale*H x scale*W (the torch modules pad inside the graph).
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 from pathlib import Path
@@ -195,6 +196,26 @@ def test_realsr_df2k_matches_ncnn(crop: np.ndarray, tmp_path: Path) -> None:
     assert out["result"].info.params["num_block"] == 23
 
 
+# ---- fp16: the flag follows a measurement with the real weights ------------------------------------
+@pytest.mark.slow
+def test_realcugan_fp16_export_with_real_weights_is_safe(tmp_path: Path) -> None:
+    """ArchSpec.fp16_safe is True for realcugan because the released weights stay far from fp16's range: the
+    fp16 export measures its activations on real photos (largest ~63, docs/ncnn-models.md), keeps no node in
+    fp32 and passes the fp16 gate (measured 81 dB against PyTorch fp32)."""
+    pytest.importorskip("onnxruntime")
+    from srkit.export import ExportOptions, export_model
+    from srkit.models import registry
+
+    assert registry.get("realcugan").fp16_safe
+    param = model_dir("realcugan") / "REALCUGAN_SE_UP2X.param"
+    result = export_model(str(param), tmp_path / "cugan-fp16.onnx", options=ExportOptions(fp16=True))
+    summary = json.loads(result.info.extra["fp16"])
+    assert summary["activation_max"] < 1000.0, summary  # 65504 is fp16's largest: over 60x of margin
+    assert json.loads(result.info.extra["fp32_nodes"]) == []
+    assert result.parity is not None and result.parity.passed and result.parity.nonfinite == 0
+    assert result.parity.psnr_db >= 60.0, result.parity
+
+
 # ---- exact output size, tiled and untiled ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -242,6 +263,26 @@ def test_output_is_exactly_scale_times_input_tiled_and_untiled(
         assert tiler.info.size_multiple == 4
         mse = float(np.mean((untiled / 255.0 - tiled / 255.0) ** 2))
         assert 10 * np.log10(1 / max(mse, 1e-12)) > 46.0
+
+
+def test_cli_upscale_tiles_a_realcugan_x3_to_the_exact_size(
+    exported: dict[str, Path], sample_rgb: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`srkit upscale --tile` with an unpadded-convolution U-Net (size multiple 4): exactly 3x an odd-sized
+    image, the approximation said on stderr; a tile off the stride grid is a one-line user error."""
+    from srkit.cli.main import run
+    from srkit.imageio import read_image, write_image
+
+    src = write_image(tmp_path / "in.png", np.ascontiguousarray(sample_rgb[:101, :123]))
+    model = str(exported["REALCUGAN_SE_UP3X"])
+    out = tmp_path / "out.png"
+    assert run(["upscale", str(src), "-m", model, "-o", str(out), "--tile", "80"]) == 0, capsys.readouterr().err
+    assert read_image(out).shape == (303, 369, 3)
+    err = capsys.readouterr().err
+    assert "tiles 80x80" in err and "approximates" in err
+    assert run(["upscale", str(src), "-m", model, "-o", str(tmp_path / "bad.png"), "--tile", "66"]) == 2
+    assert "multiple of the model's size multiple 4" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_only_the_se_means_differ_in_an_aligned_tile(photos: dict[str, np.ndarray]) -> None:

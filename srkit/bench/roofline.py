@@ -58,6 +58,11 @@ ELEMENTWISE = {
     "Mean",
 }
 CONV_LIKE = {"Conv", "ConvInteger", "QLinearConv"}
+# Input positions that carry shapes, pads or indices: small integer tensors computed from the input's shape
+SHAPE_INPUTS: dict[str, set[int]] = {
+    "Pad": {1, 2, 3}, "Slice": {1, 2, 3, 4}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Resize": {1, 2, 3},
+    "Upsample": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2}, "Split": {1}, "Squeeze": {1}, "Unsqueeze": {1},
+}
 MATMUL_LIKE = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"}
 
 
@@ -163,6 +168,80 @@ def _node_flops(
     return 0.0
 
 
+def _fold_shape_inputs(model: Any, input_shape: tuple[int, ...]) -> Any | None:
+    """The model with its computed pads, crops and shapes replaced by their values at this input shape.
+
+    Graphs that pad inside (Real-CUGAN, SwinIR, HAT, SAFMN, Omni-SR) compute the pad from Shape(input) through
+    ops that onnx's data propagation does not follow (Mod), so inference loses every shape after the Pad. In
+    rounds: every Shape whose input's shape is now known becomes a constant, and every shape-carrying input whose
+    subgraph is then pure shape arithmetic (no convolution or matrix product) is evaluated with onnx's reference
+    evaluator and put back as a constant; shape inference runs again. None when nothing could be folded: the count
+    then lists the nodes it could not size, as before.
+    """
+    import onnx
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    changed_any = False
+    for _ in range(16):  # each round reaches one more Pad / Reshape deeper into the network
+        shapes = _shapes(onnx.shape_inference.infer_shapes(folded, data_prop=True))
+        changed = _constant_shapes(folded, shapes)
+        changed = _evaluate_shape_inputs(folded, input_shape) or changed
+        changed_any = changed_any or changed
+        if not changed:
+            break
+    return folded if changed_any else None
+
+
+def _constant_shapes(model: Any, shapes: dict[str, tuple[int, ...] | None]) -> bool:
+    """Shape nodes whose input has a known static shape, replaced by that shape as an initializer."""
+    import onnx
+
+    done = []
+    for node in model.graph.node:
+        known = shapes.get(node.input[0]) if node.op_type == "Shape" else None
+        if known is None:
+            continue
+        start, end = int(_attr(node, "start", 0)), _attr(node, "end", None)
+        value = np.array(known[start : None if end is None else int(end)], dtype=np.int64)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(value, node.output[0]))
+        done.append(node)
+    for node in done:
+        model.graph.node.remove(node)
+    return bool(done)
+
+
+def _evaluate_shape_inputs(model: Any, input_shape: tuple[int, ...]) -> bool:
+    """Shape-carrying inputs computed by shape arithmetic alone, evaluated and put back as initializers."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    made = {o: n for n in model.graph.node for o in n.output}
+    targets = sorted({n.input[i] for n in model.graph.node for i in SHAPE_INPUTS.get(n.op_type, ())
+                      if i < len(n.input) and n.input[i] in made})
+    if not targets:
+        return False
+    heavy = CONV_LIKE | MATMUL_LIKE | {"ConvTranspose"}
+    try:
+        typed = onnx.shape_inference.infer_shapes(model)  # the extractor needs every target's value_info
+        extractor = onnx.utils.Extractor(typed)
+        feed = {model.graph.input[0].name: np.zeros(input_shape, np.float32)}
+        values: dict[str, Any] = {}
+        for name in targets:
+            sub = extractor.extract_model([model.graph.input[0].name], [name])
+            if any(n.op_type in heavy for n in sub.graph.node):
+                continue  # depends on computed data, or on a Shape not known yet: a later round
+            inputs = {i.name for i in sub.graph.input}
+            outputs: Any = ReferenceEvaluator(sub).run([name], {k: v for k, v in feed.items() if k in inputs})
+            values[name] = outputs[0]
+    except Exception:  # any failure only means the count stays partial, as without folding
+        return False
+    for name, value in values.items():
+        made[name].output[list(made[name].output).index(name)] = f"{name}__unused"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+    return bool(values)
+
+
 def count_flops(model_path: str | Path, input_hw: tuple[int, int], *, batch: int = 1) -> FlopCount:
     """FLOPs of one call of the model at a (H, W) input (already padded to the model's size multiple)."""
     import onnx
@@ -172,6 +251,11 @@ def count_flops(model_path: str | Path, input_hw: tuple[int, int], *, batch: int
     _fix_input_shape(model, (batch, channels, *input_hw))
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = _shapes(inferred)
+    if any(shapes.get(o) is None for n in inferred.graph.node if n.op_type in CONV_LIKE for o in n.output[:1]):
+        folded = _fold_shape_inputs(model, (batch, channels, *input_hw))
+        if folded is not None:
+            inferred = onnx.shape_inference.infer_shapes(folded, data_prop=True)
+            shapes = _shapes(inferred)
     producers = {o: n for n in inferred.graph.node for o in n.output}
     count = FlopCount()
     for node in inferred.graph.node:
