@@ -19,8 +19,7 @@ import pytest
 from _suite import CASES, prepare
 
 from srkit import imaging, quality
-from srkit.bench.runner import cpu_capabilities
-from srkit.runtime import Upscaler
+from srkit.runtime import Upscaler, registry
 
 TARGET_RATIO, TARGET_FPS = 0.8, 30.0
 ROWS = [("ort", "fp32", "fp32"), ("ort", "int8", "int8"), ("openvino", "fp32", "fp32"),
@@ -60,7 +59,7 @@ def _match(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def test_pipeline_1080p(benchmark: Any, backend: str, weights: str, precision: str) -> None:
     if backend not in Upscaler.available_backends():
         pytest.skip(f"{backend} is not installed")
-    if precision == "bf16" and "BF16" not in cpu_capabilities():
+    if precision == "bf16" and "BF16" not in registry.backend_class(backend).capabilities("cpu"):
         pytest.skip("this CPU has no bf16 arithmetic")
     prepared = prepare(next(c for c in CASES if c.name == "espcn-x3"))
     model = prepared.onnx if weights == "fp32" else prepared.int8.get(backend)

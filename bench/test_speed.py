@@ -19,10 +19,10 @@ from _suite import CASES, Case, prepare, reference, rounds
 
 from srkit.bench import metrics
 from srkit.bench.roofline import count_flops
-from srkit.bench.runner import benchmark_input, cpu_capabilities
+from srkit.bench.runner import benchmark_input
 from srkit.bench.timing import measure
 from srkit.quality import FLOAT_GATE_DB, INT8_GATE_DB
-from srkit.runtime import Upscaler
+from srkit.runtime import Upscaler, registry
 
 ROWS = [
     ("ort", "fp32"),
@@ -47,9 +47,10 @@ CASE_PARAMS = [pytest.param(c, id=c.name, marks=pytest.mark.heavy if c.heavy els
 def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: str) -> None:
     if backend not in Upscaler.available_backends():
         pytest.skip(f"{backend} is not installed")
-    if precision == "bf16" and backend == "openvino" and "BF16" not in cpu_capabilities():
+    has_bf16 = "BF16" in registry.backend_class(backend).capabilities("cpu")
+    if precision == "bf16" and backend == "openvino" and not has_bf16:
         pytest.skip("this CPU has no bf16 arithmetic")
-    if precision == "bf16" and case.heavy and "BF16" not in cpu_capabilities():
+    if precision == "bf16" and case.heavy and not has_bf16:
         # PyTorch emulates bf16 without avx512_bf16 / AMX: SPAN x4 at 64x36 took 5.7 s against 0.29 s in fp32,
         # Real-CUGAN x2 5.4 s against 0.20 s (AMD EPYC, AVX2 only): a row of a quarter of an hour
         pytest.skip("this CPU has no bf16 arithmetic (PyTorch emulates it, ~20x slower than fp32)")
