@@ -18,7 +18,8 @@ ALLOWED = {
     "runtime": {"runtime"},
     "bench": {"bench", "runtime"},
     "cluster": {"cluster", "runtime"},
-    "cli": {"cli", "models", "export", "calibration", "runtime", "bench", "cluster"},
+    "qat": {"qat", "models", "export", "calibration", "runtime"},  # trains torch weights, gates as int8 does
+    "cli": {"cli", "models", "export", "calibration", "runtime", "bench", "cluster", "qat"},
     "__main__": {"cli"},
 }
 HEAVY = {"torch", "onnxruntime", "openvino", "tensorrt", "nncf", "av", "onnxslim", "matplotlib", "ncnn", "pnnx",

@@ -94,7 +94,7 @@ def _quantize_once(backend: QuantBackend, method: str, model: Path, out: Path, d
 
 
 @contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """NNCF logs INFO lines and ORT's quantizer a pre-processing hint for every attempt; the search prints
     its own summary. Raise their loggers' levels for the duration only, and restore them."""
     loggers = [logging.getLogger("nncf"), logging.getLogger()]
@@ -111,7 +111,8 @@ def _quiet_libraries() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _write(src: Path, output: Path, info: ModelInfo, result_facts: dict[str, str]) -> ModelInfo:
+def write_int8(src: Path, output: Path, info: ModelInfo, result_facts: dict[str, str]) -> ModelInfo:
+    """`src` (a candidate in a temp dir) -> `output`, atomically, with `info` plus the facts as int8 metadata."""
     import onnx
 
     proto = onnx.load(str(src))
@@ -165,7 +166,7 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
     valid = B.validation_set(held_out_images(), info)  # no held-out photo calibrates the built-in run
     ref = B.reference(model, valid, info, qbackend.engine)
     log = B.SearchLog()
-    with tempfile.TemporaryDirectory(prefix="srkit-quant-") as tmp, _quiet_libraries():
+    with tempfile.TemporaryDirectory(prefix="srkit-quant-") as tmp, quiet_libraries():
         if method_name == "accuracy-control":
             candidate = Path(tmp) / "int8.onnx"
             _, measurement = _accuracy_control(model, candidate, data, ref, info, budget, log)
@@ -192,7 +193,7 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
             "quant_parity_db": f"{measurement.parity_db:.2f}",
             "quant_validation": ",".join(v.name for v in valid),
         }
-        qinfo = _write(candidate, out, info, facts)
+        qinfo = write_int8(candidate, out, info, facts)
     return QuantizeResult(out, qinfo, qbackend, method_name, budget, measurement, float_convs,
                           data.description, [v.name for v in valid], log, time.perf_counter() - start)
 

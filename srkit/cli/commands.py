@@ -18,8 +18,10 @@ from srkit.jobs import load_input, make_output_root
 
 if TYPE_CHECKING:
     from srkit.bench.report import Targets
+    from srkit.calibration.quantize import QuantizeResult
     from srkit.cluster import ClusterOptions
     from srkit.imageio import ImageFile
+    from srkit.qat.settings import QatSettings
     from srkit.runtime import Upscaler
     from srkit.runtime.files import FileOutcome
 
@@ -375,6 +377,10 @@ def quantize(model: str, calib: str | None, output: str | None, *, backend: str,
         result = run_quantize(model_path, output, calibration=calib, backend=backend, method=method,
                               max_psnr_drop=max_psnr_drop, min_parity_db=min_parity, budget_mode=budget_mode,
                               samples=samples, patch=patch, seed=seed, progress=note)
+    _report_quantized(result)
+
+
+def _report_quantized(result: QuantizeResult) -> None:
     m = result.measurement
     echo(f"wrote {result.path}  (int8 for {result.backend.value}, method {result.method})")
     echo(f"calibration: {result.calibration}")
@@ -386,6 +392,21 @@ def quantize(model: str, calib: str | None, output: str | None, *, backend: str,
              + ("" if attempt.held else "  (over budget)"))
     echo(f"kept in float: {', '.join(result.kept_float) or 'none'}")
     echo(f"done in {result.seconds:.1f} s")
+
+
+def quantize_qat(model: str, data: str | None, output: str | None, *, backend: str,
+                 max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None,
+                 settings: QatSettings) -> None:
+    from srkit.qat.run import quantize_aware
+
+    with progress(None, f"QAT of {model} for {backend}") as advance:
+        def note(message: str) -> None:
+            advance(0, description=message)
+
+        result = quantize_aware(model, output, data=data, backend=backend, settings=settings,
+                                max_psnr_drop=max_psnr_drop, min_parity_db=min_parity, budget_mode=budget_mode,
+                                progress=note)
+    _report_quantized(result)
 
 
 def _write_text(path: str | None, text: str) -> None:

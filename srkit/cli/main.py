@@ -16,11 +16,13 @@ import click
 from srkit import __version__
 from srkit.errors import SrkitError
 from srkit.meta import Precision
+from srkit.qat.settings import QatSettings
 
 PRECISIONS = click.Choice([p.value for p in Precision], case_sensitive=False)
 # More threads than this is a typo, not a setting (100000 ran for minutes at load average 272)
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 THREADS = click.IntRange(1, MAX_THREADS)
+QAT_DEFAULTS = QatSettings()
 # cpu, cuda, cuda:1, GPU.0, AUTO:GPU,CPU, MULTI:GPU,CPU, HETERO:GPU,CPU: a name, then optional names after ':'
 _DEVICE = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*)?$")
 
@@ -253,12 +255,36 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
 @click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="calibration patches")
 @click.option("--patch", type=click.IntRange(1), default=64, show_default=True, help="patch side (LR pixels)")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of the calibration patches")
+@click.option("--qat", is_flag=True,
+              help="quantization-aware fine-tuning (NNCF) of MODEL's weights (a checkpoint or bundled name): "
+              "every conv int8, symmetric Q/DQ for ort, openvino and trt")
+@click.option("--data", type=click.Path(file_okay=False),
+              help="--qat: folder of training images (default: the built-in calibration photos)")
+@click.option("--steps", type=click.IntRange(0), default=QAT_DEFAULTS.steps, show_default=True,
+              help="--qat: fine-tuning steps")
+@click.option("--lr", "qat_lr", type=click.FloatRange(min=0, min_open=True), default=QAT_DEFAULTS.lr,
+              show_default=True, help="--qat: peak learning rate (cosine to zero)")
+@click.option("--batch", "qat_batch", type=click.IntRange(1), default=QAT_DEFAULTS.batch, show_default=True,
+              help="--qat: patches per step")
 def quantize(model: str, calib: str | None, output: str | None, backend: str, method: str | None,
              max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None, samples: int,
-             patch: int, seed: int) -> None:
-    """int8 model calibrated on real images, with its PSNR cost measured and bounded."""
+             patch: int, seed: int, qat: bool, data: str | None, steps: int, qat_lr: float,
+             qat_batch: int) -> None:
+    """int8 model calibrated on real images, with its PSNR cost measured and bounded.
+
+    With --qat the weights are fine-tuned with fake quantization on the images in --data first; the budget
+    still compares the int8 model with the original fp32 model."""
     from srkit.cli import commands
 
+    if qat:
+        if calib or method:
+            raise click.UsageError("--qat trains on --data; --calib and --method are for post-training int8")
+        commands.quantize_qat(model, data, output, backend=backend, max_psnr_drop=max_psnr_drop,
+                              min_parity=min_parity, budget_mode=budget_mode,
+                              settings=QatSettings(steps=steps, lr=qat_lr, batch=qat_batch, seed=seed))
+        return
+    if data:
+        raise click.UsageError("--data is the --qat training folder; post-training int8 calibrates on --calib")
     commands.quantize(model, calib, output, backend=backend, method=method, max_psnr_drop=max_psnr_drop,
                       min_parity=min_parity, budget_mode=budget_mode, samples=samples, patch=patch, seed=seed)
 
