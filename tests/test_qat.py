@@ -16,15 +16,15 @@ from onnx import numpy_helper
 pytest.importorskip("torch")
 pytest.importorskip("nncf")
 
-from srkit.calibration import budget as B  # noqa: E402
-from srkit.calibration.tensorrt import check_qdq  # noqa: E402
-from srkit.cli.main import run  # noqa: E402
-from srkit.data import HELD_OUT, data_path, held_out_images  # noqa: E402
-from srkit.errors import InputError, ParityError  # noqa: E402
-from srkit.meta import Precision, read_model_info  # noqa: E402
-from srkit.qat.data import refuse_validation_images  # noqa: E402
-from srkit.qat.run import quantize_aware  # noqa: E402
-from srkit.qat.settings import QatSettings  # noqa: E402
+from srkit.calibration import budget as B
+from srkit.calibration.tensorrt import check_qdq
+from srkit.cli.main import run
+from srkit.data import HELD_OUT, data_path, held_out_images
+from srkit.errors import InputError, ParityError
+from srkit.meta import Precision, read_model_info
+from srkit.qat.data import refuse_validation_images
+from srkit.qat.run import quantize_aware
+from srkit.qat.settings import QatSettings
 
 TINY = QatSettings(steps=8, batch=4, patch=24)
 

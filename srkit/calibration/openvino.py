@@ -79,7 +79,7 @@ def quantize_nncf(model: Path, output: Path, dataset: CalibrationDataset, *, met
     proto = onnx.load(str(model))
     data, kwargs = _common(nncf, method, dataset, proto.graph.input[0].name, nodes_to_exclude)
     correction = "full"
-    with _quiet_unless_terminal():
+    with quiet_unless_terminal():
         try:
             quantized = nncf.quantize(proto, data, **kwargs)
         except KeyError:
@@ -153,7 +153,7 @@ def quantize_nncf_accuracy_control(model: Path, output: Path, dataset: Calibrati
 
     # the same calibration choices as quantize_nncf, under the name this entry point gives them
     kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
-    with _quiet_unless_terminal():
+    with quiet_unless_terminal():
         quantized = nncf.quantize_with_accuracy_control(
             proto, data, nncf.Dataset(list(validation)), validate, max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE, **kwargs,
@@ -162,7 +162,7 @@ def quantize_nncf_accuracy_control(model: Path, output: Path, dataset: Calibrati
 
 
 @contextlib.contextmanager
-def _quiet_unless_terminal() -> Iterator[None]:
+def quiet_unless_terminal() -> Iterator[None]:
     """NNCF draws its own progress bars on stdout; srkit shows progress only when stderr is a terminal."""
     if sys.stderr.isatty():
         yield

@@ -76,14 +76,17 @@ def insert_fake_quant(module: torch.nn.Module, init_batches: list[np.ndarray]) -
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     from nncf.torch.quantization.layers import SymmetricQuantizer
 
+    from srkit.calibration.openvino import quiet_unless_terminal
+
     data = nncf.Dataset([torch.from_numpy(b) for b in init_batches])
-    quantized = nncf.quantize(
-        copy.deepcopy(module).eval(), data, preset=nncf.QuantizationPreset.PERFORMANCE,
-        target_device=nncf.TargetDevice.CPU, subset_size=len(init_batches),
-        ignored_scope=nncf.IgnoredScope(types=["pixel_shuffle"], validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-            overflow_fix=OverflowFix.DISABLE))
+    with quiet_unless_terminal():  # NNCF's own progress bars on stdout
+        quantized = nncf.quantize(
+            copy.deepcopy(module).eval(), data, preset=nncf.QuantizationPreset.PERFORMANCE,
+            target_device=nncf.TargetDevice.CPU, subset_size=len(init_batches),
+            ignored_scope=nncf.IgnoredScope(types=["pixel_shuffle"], validate=False),
+            advanced_parameters=AdvancedQuantizationParameters(
+                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+                overflow_fix=OverflowFix.DISABLE))
     for q in _quantizers(quantized):
         if not isinstance(q, SymmetricQuantizer):  # the PERFORMANCE preset is symmetric throughout
             raise RuntimeError(f"NNCF inserted a {type(q).__name__}; srkit's int8 is symmetric")
