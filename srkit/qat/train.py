@@ -122,12 +122,15 @@ def insert_fake_quant(module: torch.nn.Module, init_batches: list[np.ndarray]) -
 
     data = nncf.Dataset([torch.from_numpy(b) for b in init_batches])
     centred = copy.deepcopy(module).eval()
-    centre_input_conv(centred)
+    centred_conv = centre_input_conv(centred)
+    # the centring Sub is no conv: srkit quantizes conv inputs only, and a quantizer in front of the Sub would
+    # bring back the 7-bit input the centring removes
+    names = [f"{centred_conv}/sub/0"] if centred_conv else []
     with quiet_unless_terminal():  # NNCF's own progress bars on stdout
         quantized = nncf.quantize(
             centred, data, preset=nncf.QuantizationPreset.PERFORMANCE,
             target_device=nncf.TargetDevice.CPU, subset_size=len(init_batches),
-            ignored_scope=nncf.IgnoredScope(types=["pixel_shuffle"], validate=False),
+            ignored_scope=nncf.IgnoredScope(names=names, types=["pixel_shuffle"], validate=False),
             advanced_parameters=AdvancedQuantizationParameters(
                 activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
                 overflow_fix=OverflowFix.DISABLE))
