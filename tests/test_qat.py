@@ -53,6 +53,26 @@ def test_every_conv_is_int8_with_symmetric_qdq_and_a_float_upsampler(qat_int8) -
     assert next(a for a in d2s[0].attribute if a.name == "mode").s == b"CRD"
 
 
+def test_the_input_is_centred_before_its_quantizer_and_the_rewrite_is_exact(qat_int8) -> None:
+    """A symmetric int8 quantizer on a 0-1 input would use 128 of its levels; centred it uses 255."""
+    import torch
+
+    from srkit.models.loader import load_model
+    from srkit.qat.train import centre_input_conv
+
+    graph = onnx.load(str(qat_int8.path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    first_conv = next(n for n in graph.node if n.op_type == "Conv")
+    quantize = producer[producer[first_conv.input[0]].input[0]]
+    assert quantize.op_type == "QuantizeLinear" and producer[quantize.input[0]].op_type == "Sub"
+    model = load_model("espcn-x3").module.eval()
+    centred = load_model("espcn-x3").module.eval()
+    assert centre_input_conv(centred) == "conv1"
+    x = torch.rand(1, 1, 23, 31)  # odd sizes: every border pixel is a padded one for some output
+    with torch.no_grad():
+        assert torch.allclose(centred(x), model(x), atol=1e-5)
+
+
 def test_metadata_is_the_int8_metadata_with_method_qat(qat_int8, espcn_x3_onnx: Path) -> None:
     info = read_model_info(qat_int8.path)
     fp32 = read_model_info(espcn_x3_onnx)
