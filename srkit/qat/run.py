@@ -33,6 +33,17 @@ def default_output(source: str, backend: QuantBackend) -> Path:
     return path.with_name(name) if path.is_file() else Path(name)
 
 
+def _saturation_note(backend: QuantBackend) -> str:
+    """Without VNNI/AMX, OpenVINO's int8 convolutions saturate in int16, so its measurement is this CPU's, not the
+    model's (docs/measurements.md, int8): say so where that can be why the budget failed."""
+    from srkit._system import has_int8_dot_product
+
+    if backend != QuantBackend.OPENVINO or has_int8_dot_product():
+        return ""
+    return ("; this CPU has no int8 dot product (VNNI/AMX), where OpenVINO's int8 convolutions saturate: "
+            "--backend ort measures the model's exact Q/DQ arithmetic")
+
+
 def _check(source: str, settings: QatSettings) -> None:
     if Path(source).suffix.lower() == ".onnx":
         raise InputError(f"--qat fine-tunes PyTorch weights; {source} is an exported model: give its checkpoint "
@@ -95,7 +106,7 @@ def quantize_aware(source: str, output: str | Path | None = None, *, data: str |
         if not held_ok:
             raise ParityError(f"int8 after QAT misses the budget ({budget.describe()}): {m.describe(budget)} "
                               f"against the original fp32 model; {settings.describe()}; no model written "
-                              "(more --steps or more training images may help)")
+                              "(more --steps or more training images may help)" + _saturation_note(qbackend))
         facts = {
             "quant_recipe": QUANT_RECIPE,
             "quant_backend": qbackend.value,
