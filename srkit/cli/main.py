@@ -254,7 +254,8 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
               help="drop: PSNR-Y vs ground truth; parity: vs the fp32 output (default: GAN archs -> parity)")
 @click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="calibration patches")
 @click.option("--patch", type=click.IntRange(1), default=64, show_default=True, help="patch side (LR pixels)")
-@click.option("--seed", type=int, default=0, show_default=True, help="random seed of the calibration patches")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="random seed of the calibration patches (--qat: of the training patches and weights)")
 @click.option("--qat", is_flag=True,
               help="quantization-aware fine-tuning (NNCF) of MODEL's weights (a checkpoint or bundled name): "
               "every conv int8, symmetric Q/DQ for ort, openvino and trt")
