@@ -46,10 +46,10 @@ OUTPUT_NAME = "upscaled"
 # (onnx/onnx-tensorrt, docs/operators.md; see tests/test_pipeline.py for the table it is checked against).
 PIPELINE_OPS = frozenset({
     "Cast", "Clip", "Concat", "ConstantOfShape", "Conv", "DepthToSpace", "Div", "Gather", "Mod", "Mul",
-    "Pad", "ReduceMean", "Round", "Shape", "Slice", "Sub", "Transpose", "Add", "Identity",
+    "Pad", "ReduceMean", "Round", "Shape", "Slice", "Sub", "Transpose", "Add", "Identity", "Reshape", "Unsqueeze",
 })
-# Rounding.QUANTIZE adds QuantizeLinear (uint8) and compose(phase_space=True) Reshape, Unsqueeze and an 8-bit
-# DepthToSpace: srkit composes those only in memory, for the backends that run them
+# Rounding.QUANTIZE adds QuantizeLinear (uint8) and compose(phase_space=True) an 8-bit DepthToSpace: srkit
+# composes those only in memory, for the backends that run them
 
 
 def pillow_cubic(x: float, a: float = -0.5) -> float:
@@ -204,10 +204,8 @@ def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Roundin
         if tail is None:
             levels, gain = g.op("Add", [out, big_chroma], "levels_over_gain"), _luma_gain(peak)
         else:  # [N, 3, s*s, H, W] chroma phases + [N, 1, s*s, H, W] luma phases
-            five_d = _phase_shape(g, hw, [3, info.scale * info.scale])
             luma = g.op("Unsqueeze", [out, g.const("axis_1", np.array([1], np.int64))], "luma_phases")
-            levels = g.op("Add", [g.op("Reshape", [big_chroma, five_d], "chroma_phases_5d"), luma],
-                          "levels_over_gain")
+            levels = g.op("Add", [big_chroma, luma], "levels_over_gain")
             gain = _luma_gain(peak)
     elif info.color == Color.Y and io != Io.Y8:  # gray out: imaging.y_to_gray, then to levels
         gain = peak / float(imaging._RGB2YCBCR[0].sum())
@@ -316,24 +314,55 @@ def _pad_to_multiple(g: _Graph, x: str, hw: tuple[str, str], multiple: int) -> s
 
 def _upscale_chroma(g: _Graph, chroma: str, hw: tuple[str, str], scale: int, *, planes: int,
                     phases: bool = False) -> str:
-    """[N,C,H,W] -> [N,C,sH,sW] with Pillow's bicubic (see the module docstring). The normalisation divides
-    the phases at the input's size, before one DepthToSpace puts them in place (`phases`: left as the
-    [N, C*s*s, H, W] phases, plane-major)."""
-    from onnx import TensorProto, helper
+    """[N,C,H,W] -> [N,C,sH,sW] with Pillow's bicubic (see the module docstring), `phases`: left as the
+    [N, C, s*s, H, W] output phases instead.
 
-    pad2 = g.const("pad2", np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64))
-    weights = polyphase_weights(scale, planes)
-    num = g.op("Conv", [g.op("Pad", [chroma, pad2], mode="constant"), g.const("cubic", weights)],
-               "chroma_phases", group=planes)
-    ones_shape = g.op("Concat", [g.const("one_one", np.array([1, 1], np.int64)), *hw], "ones_shape", axis=0)
-    ones = g.op("ConstantOfShape", [ones_shape], "ones",
-                value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
-    # the same filter on a plane of ones: each phase's sum of the taps that fall inside the image
-    den = g.op("Conv", [g.op("Pad", [ones, pad2], mode="constant"), g.const("cubic_norm", weights)], "norm_phases")
-    normalised = g.op("Div", [num, den], "chroma_phases_normalised")
+    The 2-D filter is separable (Pillow runs it as two 1-D passes), so it runs as two grouped convolutions: a
+    5x1 one making the s row phases of each plane, then a 1x5 one making the s column phases of each of those
+    (channel c*s*s + i*s + j, the order DepthToSpace in CRD mode reads): 30 multiply-adds per output pixel
+    instead of 25 per phase and input pixel (measured on ONNX Runtime, 640x360 x3: 4.6 vs 7.8 ms). Pillow's
+    border renormalisation is separable too: the row and column sums of the taps inside the image, computed
+    on a column and a row of ones, multiplied into one [1, 1, s*s, H, W] divisor at the input's size."""
+    taps = phase_taps(scale).astype(np.float32)
+    pad_hw = g.const("pad2", np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64))
+    rows = g.op("Conv", [g.op("Pad", [chroma, pad_hw], mode="constant"),
+                         g.const("cubic_rows", np.concatenate([taps.reshape(scale, 1, 5, 1)] * planes))],
+                "chroma_row_phases", group=planes)
+    num = g.op("Conv", [rows, g.const("cubic_cols", np.concatenate([taps.reshape(scale, 1, 1, 5)] * planes * scale))],
+               "chroma_phases", group=planes * scale)
+    den = _border_norm(g, hw, taps)
+    normalised = g.op("Div", [g.op("Reshape", [num, _phase_shape(g, hw, [planes, scale * scale])], "chroma_5d"),
+                              den], "chroma_phases_normalised")
     if phases:
         return normalised
-    return g.op("DepthToSpace", [normalised], "chroma_big", blocksize=scale, mode="CRD")
+    flat = g.op("Reshape", [normalised, _phase_shape(g, hw, [planes * scale * scale])], "chroma_phases_4d")
+    return g.op("DepthToSpace", [flat], "chroma_big", blocksize=scale, mode="CRD")
+
+
+def _border_norm(g: _Graph, hw: tuple[str, str], taps: np.ndarray) -> str:
+    """[1, 1, s*s, H, W]: for output phase (i, j) at input pixel (y, x), the sum of the row taps of phase i that
+    fall inside the image times that of the column taps of phase j (1 away from the borders)."""
+    from onnx import TensorProto, helper
+
+    scale = taps.shape[0]
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    ones_col = g.op("ConstantOfShape", [g.op("Concat", [g.const("one_one", np.array([1, 1], np.int64)), hw[0],
+                                                        g.const("one", np.array([1], np.int64))], "col_shape",
+                                             axis=0)], "ones_col", value=one)
+    ones_row = g.op("ConstantOfShape", [g.op("Concat", [g.const("one_one_one", np.array([1, 1, 1], np.int64)),
+                                                        hw[1]], "row_shape", axis=0)], "ones_row", value=one)
+    pad_h = g.const("pad_h", np.array([0, 0, 2, 0, 0, 0, 2, 0], np.int64))
+    pad_w = g.const("pad_w", np.array([0, 0, 0, 2, 0, 0, 0, 2], np.int64))
+    row_sums = g.op("Conv", [g.op("Pad", [ones_col, pad_h], mode="constant"),
+                             g.const("row_taps", taps.reshape(scale, 1, 5, 1))], "row_sums")  # [1, s, H, 1]
+    col_sums = g.op("Conv", [g.op("Pad", [ones_row, pad_w], mode="constant"),
+                             g.const("col_taps", taps.reshape(scale, 1, 1, 5))], "col_sums")  # [1, s, 1, W]
+    i_axis = g.op("Unsqueeze", [row_sums, g.const("axis_2", np.array([2], np.int64))], "row_sums_i")
+    j_axis = g.op("Unsqueeze", [col_sums, g.const("axis_1", np.array([1], np.int64))], "col_sums_j")
+    both = g.op("Mul", [i_axis, j_axis], "norm_ij")  # [1, s, s, H, W]
+    shape = g.op("Concat", [g.const("norm_lead", np.array([1, 1, scale * scale], np.int64)), *hw], "norm_shape",
+                 axis=0)
+    return g.op("Reshape", [both, shape], "norm_phases")
 
 
 def _reduce_mean_channels(g: _Graph, x: str, opset: int) -> str:

@@ -30,7 +30,8 @@ TENSORRT_OPERATORS = {
     "Mod": "FP32, FP16, INT32", "Mul": "FP32, FP16, INT32", "Pad": "FP32, FP16, INT8, INT32",
     "ReduceMean": "FP32, FP16", "Round": "FP32, FP16, INT8", "Shape": "FP32, FP16, INT32, INT8, BOOL",
     "Slice": "FP32, FP16, INT32, INT8, BOOL", "Sub": "FP32, FP16, INT32",
-    "Transpose": "FP32, FP16, INT32, INT8, BOOL",
+    "Transpose": "FP32, FP16, INT32, INT8, BOOL", "Reshape": "FP32, FP16, INT32, INT8, BOOL",
+    "Unsqueeze": "FP32, FP16, INT32, INT8, BOOL",  # `axes` must be a constant tensor: it is an initializer here
 }
 MIN_WITHIN_ONE_LEVEL, MIN_PSNR_DB = quality.PIPELINE_MIN_WITHIN_ONE_LEVEL, quality.PIPELINE_GATE_DB
 ODD_SIZES = [(37, 53), (61, 40), (1, 5)]
