@@ -12,12 +12,13 @@ embed the file with a plain runtime and get `srkit upscale`'s pixels:
 - padding to the model's size multiple (bottom/right, by reflection, as the host path pads) and cropping back;
 - `Round` (half to even, as numpy's rint), `Clip`, then `Cast` (a bare cast truncates).
 
-The chroma upscale by an integer factor s is a fixed polyphase filter: zero-pad by 2, one grouped 5x5
-convolution with s*s outputs per plane (the outer product of Pillow's 1-D cubic weights at each output
-phase), then `DepthToSpace` (CRD). Pillow renormalises the taps that stay inside the image; with zero
-padding the same result is `conv(plane) / conv(ones)`, and `conv(ones)` depends only on (H, W), so the
-denominator is one small plane computed in the graph. This matches Pillow's float resize to float rounding
-and, in a prototype, ran 2.6x faster on OpenVINO bf16 than an equivalent cubic `Resize` (45 vs 118 ms at 1080p).
+The chroma upscale by an integer factor s is a fixed polyphase filter: zero-pad by 2, a grouped 5x1
+convolution making s row phases per plane, a grouped 1x5 one making s column phases of each (Pillow's 1-D
+cubic weights at each output phase), then `DepthToSpace` (CRD). Pillow renormalises the taps that stay inside
+the image; with zero padding the same result is `conv(plane) / conv(ones)`, and `conv(ones)` is separable and
+depends only on (H, W): a row sum times a column sum, computed in the graph at the input's size. This
+matches Pillow's float resize to float rounding and, in a prototype, ran 2.6x faster on OpenVINO bf16 than an
+equivalent cubic `Resize` (45 vs 118 ms at 1080p).
 
 Every node, initializer and intermediate name added here starts with `PREFIX`: backends that lower
 precision (OpenVINO bf16 on a CPU) keep these nodes in fp32, so colour and rounding lose nothing.
