@@ -8,6 +8,7 @@ photos, measured by srkit.bench.metrics under the CONTRACT convention.
 
     python scripts/train_bundled.py                 # all bundled models
     python scripts/train_bundled.py espcn-x3        # one of them
+    python scripts/train_bundled.py --revalidate --test   # measure the committed weights: validation and test sets
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ TRAIN_IMAGES = (
 # package are held out (srkit/data), so they must never appear here.
 LIBJXL_PHOTOS = ("jxl/flower/flower.png", "jxl/hdr_room.png")
 TRAIN_CACHE = Path.home() / ".cache" / "srkit" / "train"
+# The TEST set: natural photos that played no part in training or in choosing a recipe (the six held-out photos
+# did choose between recipes, so they are the VALIDATION set). Debian's mate-backgrounds 1.26.0, nature/ (GPL-2+,
+# authors in the package's copyright file); fetched with `apt-get download` into the cache, never shipped, only
+# measured (`--test`). They are JPEGs of 1600x1200 and more: shrunk (Pillow's antialiased bicubic) to at most
+# TEST_SIDE pixels on the long side so the JPEG blocks are gone before they become the ground truth.
+TEST_PACKAGE = "mate-backgrounds"
+TEST_PHOTOS = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+               "TwoWings", "Wood", "YellowFlower")
+TEST_SIDE = 720
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,25 @@ def libjxl_photos() -> dict[str, np.ndarray]:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(TRAIN_CACHE / "deb")], check=True)
         (TRAIN_CACHE / "deb" / "usr" / "share" / "libjxl-testdata").rename(root)
     return {rel: np.asarray(Image.open(root / rel).convert("RGB")) for rel in LIBJXL_PHOTOS}
+
+
+def test_photos() -> dict[str, np.ndarray]:
+    import subprocess
+
+    root = TRAIN_CACHE / TEST_PACKAGE
+    if not root.is_dir():
+        TRAIN_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", TEST_PACKAGE], cwd=TRAIN_CACHE, check=True, capture_output=True)
+        deb = next(TRAIN_CACHE.glob(f"{TEST_PACKAGE}_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(TRAIN_CACHE / "deb-test")], check=True)
+        (TRAIN_CACHE / "deb-test" / "usr" / "share" / "backgrounds" / "mate" / "nature").rename(root)
+    photos = {}
+    for name in TEST_PHOTOS:
+        image = Image.open(root / f"{name}.jpg").convert("RGB")
+        factor = TEST_SIDE / max(image.size)
+        size = (round(image.width * factor), round(image.height * factor))
+        photos[name] = np.asarray(image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None))
+    return photos
 
 
 def luma(image_u8: np.ndarray) -> np.ndarray:
@@ -173,11 +202,11 @@ class PatchSampler:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, scale: int) -> dict:
-    """PSNR-Y of the model and of bicubic on the held-out photos (CONTRACT metric convention)."""
+def evaluate(model: torch.nn.Module, scale: int, photos: dict[str, np.ndarray] | None = None) -> dict:
+    """PSNR-Y of the model and of bicubic on the held-out photos, or on `photos` (CONTRACT metric convention)."""
     model.eval()
     per_image = {}
-    for name, photo in held_out_images().items():
+    for name, photo in (photos if photos is not None else held_out_images()).items():
         hr = imaging.crop_to_multiple(photo, scale)
         lr = imaging.downscale_uint8(hr, scale)
         bicubic = imaging.upscale_uint8(lr, scale)
@@ -194,13 +223,13 @@ def evaluate(model: torch.nn.Module, scale: int) -> dict:
     model.train()
     mean = {k: round(float(np.mean([v[k] for v in per_image.values()])), 3) for k in ("psnr_y", "bicubic_psnr_y")}
     return {**mean, "gain_db": round(mean["psnr_y"] - mean["bicubic_psnr_y"], 3),
-            "baselines_psnr_y": held_out_baselines(scale), "images": per_image}
+            "baselines_psnr_y": held_out_baselines(scale, photos), "images": per_image}
 
 
-def held_out_baselines(scale: int) -> dict[str, float]:
-    """The classical upscalers (nearest, bilinear, bicubic, Lanczos) on the same held-out pairs."""
+def held_out_baselines(scale: int, photos: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """The classical upscalers (nearest, bilinear, bicubic, Lanczos) on the same pairs."""
     pairs = []
-    for photo in held_out_images().values():
+    for photo in (photos if photos is not None else held_out_images()).values():
         hr = imaging.crop_to_multiple(photo, scale)
         pairs.append((imaging.downscale_uint8(hr, scale), hr))
     return baselines.baseline_psnr_y(pairs, scale)
@@ -308,6 +337,23 @@ def revalidate(name: str) -> dict:
     return result
 
 
+def measure_test(name: str) -> dict:
+    """Measure committed weights on the test photos (never used for training or for any choice) and record it."""
+    from srkit.models.loader import load_state_dict
+
+    zoo_path = WEIGHTS / "zoo.json"
+    zoo = json.loads(zoo_path.read_text())
+    record = zoo[name]
+    model = registry.get(record["arch"]).build(record["params"])
+    model.load_state_dict(load_state_dict(WEIGHTS / record["file"])[0])
+    result = evaluate(model, record["scale"], test_photos())
+    record["test"] = {"photos": [f"{TEST_PACKAGE} 1.26.0: nature/{p}.jpg, long side {TEST_SIDE}" for p in TEST_PHOTOS],
+                      **result}
+    zoo_path.write_text(json.dumps(zoo, indent=2) + "\n")
+    print(f"{name}: {result['gain_db']:+.3f} dB over bicubic on {len(TEST_PHOTOS)} test photos")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # no argparse `choices`: with nargs="*" argparse checks an empty list against them and rejects it
@@ -317,15 +363,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the recipe (for a quick try)")
     parser.add_argument("--log-every", type=int, default=2000)
     parser.add_argument("--revalidate", action="store_true",
-                        help="re-measure the committed weights on the held-out photos; train nothing")
+                        help="re-measure the committed weights on the held-out (validation) photos; train nothing")
+    parser.add_argument("--test", action="store_true",
+                        help="measure the committed weights on the test photos, which no choice ever looks at")
     args = parser.parse_args()
     unknown = set(args.names) - set(RECIPES)
     if unknown:
         parser.error(f"unknown recipe(s): {', '.join(sorted(unknown))}")
     torch.set_num_threads(args.threads)
     for name in args.names or BUNDLED:
-        if args.revalidate:
-            revalidate(name)
+        if args.revalidate or args.test:
+            if args.revalidate:
+                revalidate(name)
+            if args.test:
+                measure_test(name)
             continue
         recipe = RECIPES[name]
         if args.steps:

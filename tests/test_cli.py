@@ -47,6 +47,9 @@ def test_zoo_lists_bundled_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["zoo", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["espcn-x3"]["validation"]["gain_db"] > 0
+    assert run(["zoo"]) == 0
+    out = capsys.readouterr().out
+    assert "test gain" in out and "validation set" in out and "no choice looked at" in out
 
 
 def test_export_upscale_info_round_trip(tmp_path: Path) -> None:

@@ -61,6 +61,18 @@ def test_bundled_zoo_records_how_weights_were_made() -> None:
         assert validation["psnr_y"] > validation["bicubic_psnr_y"], entry.name
 
 
+def test_every_bundled_model_has_a_test_set_apart_from_training_and_validation() -> None:
+    """Issue 17: the held-out photos chose between recipes (validation); the test photos did nothing but be
+    measured once. Neither set overlaps training, and the test gain is the mean of its per-image gains."""
+    for entry in zoo.entries().values():
+        training, validation, test = (entry.record[k] for k in ("training", "validation", "test"))
+        names = {p.split("nature/")[1].split(".")[0] for p in test["photos"]}
+        assert len(names) == 12 and names.isdisjoint(training["images"]) and names.isdisjoint(validation["held_out"])
+        per_image = [v["psnr_y"] - v["bicubic_psnr_y"] for v in test["images"].values()]
+        assert test["gain_db"] == pytest.approx(sum(per_image) / len(per_image), abs=2e-3)
+        assert entry.test_gain_db == test["gain_db"] > 0, entry.name
+
+
 def test_bundled_espcn_x3_beats_bicubic_by_a_decibel_on_every_held_out_photo_set() -> None:
     """Issue 3's target, on the whole held-out set (srkit.data.HELD_OUT: the bench's built-in photos), and the
     recorded gain is the mean of the per-image gains; `srkit bench` re-measures it (tests/test_cli.py)."""

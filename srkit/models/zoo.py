@@ -31,6 +31,12 @@ class ZooEntry:
         return self.record.get("validation", {}).get("gain_db")
 
     @property
+    def test_gain_db(self) -> float | None:
+        """The gain over bicubic on the test photos: no training run and no choice between recipes looked at them
+        (the held-out photos of `psnr_gain_db` chose between recipes, so they are a validation set)."""
+        return self.record.get("test", {}).get("gain_db")
+
+    @property
     def baselines_psnr_y(self) -> dict[str, float]:
         """PSNR-Y of the classical upscalers (nearest, bilinear, bicubic, lanczos) on the same held-out photos."""
         return dict(self.record.get("validation", {}).get("baselines_psnr_y", {}))
