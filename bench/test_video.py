@@ -40,7 +40,8 @@ def clip_360p(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          ids=[f"{b}-{w}+{p}" if w != p else f"{b}-{p}" for b, w, p in ROWS])
 def test_video_1080p(benchmark: Any, clip_360p: Path, tmp_path: Path, backend: str, weights: str,
                      precision: str) -> None:
-    from srkit.runtime.video import VideoOptions, probe, upscale_video
+    from srkit.runtime.container import probe
+    from srkit.runtime.video import VideoOptions, upscale_video
 
     if backend not in Upscaler.available_backends():
         pytest.skip(f"{backend} is not installed")

@@ -321,35 +321,34 @@ def save(recipe: Recipe, params: dict, model: torch.nn.Module, seed: int, elapse
     print(f"wrote {path} ({result['gain_db']:+.3f} dB over bicubic on held-out photos)")
 
 
-def revalidate(name: str) -> dict:
-    """Measure committed weights again on today's held-out set, without retraining them."""
+def _committed(name: str) -> tuple[dict, torch.nn.Module]:
+    """zoo.json and the committed weights of `name`, built."""
     from srkit.models.loader import load_state_dict
 
-    zoo_path = WEIGHTS / "zoo.json"
-    zoo = json.loads(zoo_path.read_text())
+    zoo = json.loads((WEIGHTS / "zoo.json").read_text())
     record = zoo[name]
     model = registry.get(record["arch"]).build(record["params"])
     model.load_state_dict(load_state_dict(WEIGHTS / record["file"])[0])
-    result = evaluate(model, record["scale"])
-    record["validation"] = {"held_out": list(HELD_OUT), **result}
-    zoo_path.write_text(json.dumps(zoo, indent=2) + "\n")
+    return zoo, model
+
+
+def revalidate(name: str) -> dict:
+    """Measure committed weights again on today's held-out set, without retraining them."""
+    zoo, model = _committed(name)
+    result = evaluate(model, zoo[name]["scale"])
+    zoo[name]["validation"] = {"held_out": list(HELD_OUT), **result}
+    (WEIGHTS / "zoo.json").write_text(json.dumps(zoo, indent=2) + "\n")
     print(f"{name}: {result['gain_db']:+.3f} dB over bicubic on {len(HELD_OUT)} held-out photos")
     return result
 
 
 def measure_test(name: str) -> dict:
     """Measure committed weights on the test photos (never used for training or for any choice) and record it."""
-    from srkit.models.loader import load_state_dict
-
-    zoo_path = WEIGHTS / "zoo.json"
-    zoo = json.loads(zoo_path.read_text())
-    record = zoo[name]
-    model = registry.get(record["arch"]).build(record["params"])
-    model.load_state_dict(load_state_dict(WEIGHTS / record["file"])[0])
-    result = evaluate(model, record["scale"], test_photos())
-    record["test"] = {"photos": [f"{TEST_PACKAGE} 1.26.0: nature/{p}.jpg, long side {TEST_SIDE}" for p in TEST_PHOTOS],
-                      **result}
-    zoo_path.write_text(json.dumps(zoo, indent=2) + "\n")
+    zoo, model = _committed(name)
+    result = evaluate(model, zoo[name]["scale"], test_photos())
+    zoo[name]["test"] = {"photos": [f"{TEST_PACKAGE} 1.26.0: nature/{p}.jpg, long side {TEST_SIDE}"
+                                    for p in TEST_PHOTOS], **result}
+    (WEIGHTS / "zoo.json").write_text(json.dumps(zoo, indent=2) + "\n")
     print(f"{name}: {result['gain_db']:+.3f} dB over bicubic on {len(TEST_PHOTOS)} test photos")
     return result
 

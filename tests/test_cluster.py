@@ -83,8 +83,7 @@ def test_stale_temp_files_of_a_killed_write_are_recognised_exactly(tmp_path: Pat
     """What a killed worker leaves (atomic_path's temp file) is removed; another output's temp file is not."""
     import tempfile
 
-    from srkit._fs import temp_affixes
-    from srkit.cluster.workers import remove_stale_parts
+    from srkit._fs import remove_stale_temp_files, temp_affixes
 
     def temp_of(name: str) -> Path:  # exactly as srkit._fs.atomic_path names it
         prefix, suffix = temp_affixes(tmp_path / name)
@@ -94,9 +93,9 @@ def test_stale_temp_files_of_a_killed_write_are_recognised_exactly(tmp_path: Pat
 
     long_name = "x" * 200 + ".png"  # atomic_path shortens long names: the pattern must follow it
     mine, other, other_suffix, long_temp = temp_of("a.png"), temp_of("a.b.png"), temp_of("a.jpg"), temp_of(long_name)
-    remove_stale_parts(tmp_path / "a.png")
+    remove_stale_temp_files(tmp_path / "a.png")
     assert not mine.exists() and other.exists() and other_suffix.exists()
-    remove_stale_parts(tmp_path / long_name)
+    remove_stale_temp_files(tmp_path / long_name)
     assert not long_temp.exists() and other.exists()
 
 

@@ -15,17 +15,17 @@ from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import Color, ModelInfo, Precision
 from srkit.runtime import registry
 from srkit.runtime import tensorrt as trt_backend
-from srkit.runtime.tensorrt import (
+from srkit.runtime.tensorrt import check_device, check_precision, check_trt_version
+from srkit.runtime.trt_cache import (
+    EngineKey,
     GpuIdentity,
     ShapeProfile,
     cache_paths,
-    check_device,
     check_in_profile,
-    check_precision,
-    check_trt_version,
     compute_profile,
     engine_key,
     file_sha256,
+    read_sidecar,
     sidecar_record,
     stale_engine_message,
     stale_reasons,
@@ -50,7 +50,7 @@ def _info(**kw: object) -> ModelInfo:
     return ModelInfo(**base)  # type: ignore[arg-type]
 
 
-def _key(**changes: object) -> trt_backend.EngineKey:
+def _key(**changes: object) -> EngineKey:
     profile = compute_profile(_info(), tile=256)
     key = engine_key("ab" * 32, H100, "10.7.0", profile, Precision.FP16)
     return dataclasses.replace(key, **changes)
@@ -163,8 +163,8 @@ def test_missing_corrupt_or_tampered_sidecar_is_stale(tmp_path: Path) -> None:
     assert stale_reasons(None, key) == ["it has no readable metadata sidecar"]
     bad = tmp_path / "x.engine.json"
     bad.write_text("{not json")
-    assert trt_backend.read_sidecar(bad) is None
-    assert trt_backend.read_sidecar(tmp_path / "missing.json") is None
+    assert read_sidecar(bad) is None
+    assert read_sidecar(tmp_path / "missing.json") is None
     old_format = {**sidecar_record(key, build_s=1.0, engine_sha256="e" * 64), "format": 0}
     assert "format" in stale_reasons(old_format, key)[0]
     record = sidecar_record(key, build_s=1.0, engine_sha256="e" * 64)

@@ -17,15 +17,16 @@ from srkit.data import write_sample_clip  # noqa: E402
 from srkit.errors import InputError  # noqa: E402
 from srkit.meta import read_model_info  # noqa: E402
 from srkit.runtime import Upscaler  # noqa: E402
-from srkit.runtime.container import Route, VideoProbe, check_video_output, route_for  # noqa: E402
-from srkit.runtime.frames import VideoFrames, VideoSink, write_frames  # noqa: E402
-from srkit.runtime.video import (  # noqa: E402
-    VideoOptions,
+from srkit.runtime.container import (  # noqa: E402
+    Route,
+    VideoProbe,
     check_encoder,
-    frames_of,
+    check_video_output,
     probe,
-    upscale_video,
+    route_for,
 )
+from srkit.runtime.frames import VideoFrames, VideoSink, write_frames  # noqa: E402
+from srkit.runtime.video import VideoOptions, frames_of, upscale_video  # noqa: E402
 
 FRAMES, FPS, W, H = 12, 12, 64, 48
 

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from srkit._fs import remove_stale_temp_files
-
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -106,4 +104,3 @@ class FileUpscaler(_LoadsUpscaler):
         return outcome.status.value, outcome.reason
 
 
-remove_stale_parts = remove_stale_temp_files  # the name the cluster tests and callers know

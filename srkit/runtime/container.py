@@ -231,10 +231,9 @@ def copy_streams(sink: Any, streams: list[Any], dst: Path) -> dict[int, Any]:
     return twins
 
 
-def summary_of_copied(streams: list[Any]) -> str:
-    """`audio copied`, `audio and 2 subtitle tracks copied`, or '' (for the CLI's result line). `streams`: the
-    copied streams of an open container, or their types."""
-    kinds = [st if isinstance(st, str) else st.type for st in streams]
+def summary_of_copied(kinds: list[str]) -> str:
+    """`audio copied`, `audio and 2 subtitle tracks copied`, or '' (for the CLI's result line), from the copied
+    streams' types (read while the container is open: a closed one's streams cannot be asked)."""
     audio, subtitles = kinds.count("audio"), kinds.count("subtitle")
     parts = ([("audio" if audio == 1 else f"{audio} audio tracks")] if audio else []) + (
         [("subtitles" if subtitles == 1 else f"{subtitles} subtitle tracks")] if subtitles else [])

@@ -21,14 +21,10 @@ from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import Precision
 from srkit.runtime.base import Backend
-from srkit.runtime.trt_cache import (  # noqa: F401 - re-exported: the cache's names, as they were here
-    DEFAULT_MAX_HW,
-    DEFAULT_OPT_HW,
-    SIDECAR_FORMAT,
+from srkit.runtime.trt_cache import (
     CachePaths,
     EngineKey,
     GpuIdentity,
-    Shape,
     ShapeProfile,
     cache_paths,
     cached_engine,
@@ -37,11 +33,6 @@ from srkit.runtime.trt_cache import (  # noqa: F401 - re-exported: the cache's n
     default_cache_dir,
     engine_key,
     file_sha256,
-    read_sidecar,
-    round_up,
-    sidecar_record,
-    stale_engine_message,
-    stale_reasons,
     store_engine,
 )
 

@@ -29,15 +29,11 @@ import numpy as np
 
 from srkit._fs import atomic_path
 from srkit.errors import InputError, SrkitError
-from srkit.runtime.container import (  # noqa: F401 - re-exported: the names callers found here before
+from srkit.runtime.container import (
     COPIED_TYPES,
-    CRF_CODECS,
-    VIDEO_SUFFIXES,
     Route,
-    VideoProbe,
     VideoStreamSpec,
     add_video_stream,
-    check_encoder,
     check_video_output,
     close_quietly,
     copied_streams,
@@ -46,13 +42,11 @@ from srkit.runtime.container import (  # noqa: F401 - re-exported: the names cal
     encoder_options,
     finish_frame,
     infer_frame,
-    is_video_path,
     open_input,
     open_output,
     output_format,
     output_size,
     prepare_frame,
-    probe,
     probe_open,
     route_for,
     summary_of_copied,
@@ -164,8 +158,7 @@ def upscale_video(
         info.rotation = display_rotation(src)
         in_video = source.streams.video[0]
         in_copied = copied_streams(source)
-        copied = summary_of_copied(in_copied)  # read now: a closed container's streams cannot be asked
-        has_audio = any(st.type == "audio" for st in in_copied)
+        kinds = [st.type for st in in_copied]  # read now: a closed container's streams cannot be asked
         in_video.thread_type = "AUTO"  # frame-threaded decoding
         route = route_for(up.info, info, yuv_fast_path=options.yuv_fast_path)
         spec = VideoStreamSpec(codec=options.codec, options=encoder, rate=info.rate,
@@ -195,8 +188,8 @@ def upscale_video(
         input_size=(info.width, info.height),
         output_size=spec.size,
         rate=info.rate,
-        audio_copied=has_audio,
-        copied=copied,
+        audio_copied="audio" in kinds,
+        copied=summary_of_copied(kinds),
         seconds=time.perf_counter() - start,
         path_taken=route.value,
         pix_fmt=spec.pix_fmt,
