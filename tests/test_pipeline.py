@@ -15,7 +15,7 @@ import pytest
 from srkit import imaging, quality
 from srkit.errors import InputError, UnsupportedModelError
 from srkit.meta import Io, read_model_info
-from srkit.pipeline import PIPELINE_OPS, PREFIX, Rounding, compose, phase_taps, polyphase_weights
+from srkit.pipeline import PIPELINE_OPS, PREFIX, PhaseForm, Rounding, compose, phase_taps, polyphase_weights
 from srkit.runtime import Upscaler
 from srkit.runtime import registry as backends
 
@@ -166,11 +166,12 @@ def test_quantize_rounding_gives_the_portable_pixels(espcn_x3_onnx: Path, sample
 
 @pytest.mark.parametrize("kind", [Io.RGB8, Io.GRAY8, Io.Y8])
 @pytest.mark.parametrize("rounding", list(Rounding))
+@pytest.mark.parametrize("form", list(PhaseForm))
 def test_phase_space_tail_gives_the_same_pixels(espcn_x3_onnx: Path, sample_rgb: np.ndarray, kind: Io,
-                                                rounding: Rounding) -> None:
+                                                rounding: Rounding, form: PhaseForm) -> None:
     """In memory, ESPCN's last DepthToSpace is left out and colour and rounding run on its s*s output phases,
-    then one 8-bit DepthToSpace: the float tail's pixels, batch of 2, an odd size, also when the graph is cut in
-    three stages (OpenVINO at bf16)."""
+    then one 8-bit DepthToSpace: the float tail's pixels, batch of 2, an odd size, in either phase form (the
+    CHANNELS one with no 5-D tensor), also when the graph is cut in three stages (OpenVINO at bf16)."""
     import onnx
     import onnxruntime as ort
 
@@ -185,9 +186,14 @@ def test_phase_space_tail_gives_the_same_pixels(espcn_x3_onnx: Path, sample_rgb:
         return session.run(None, feed)
 
     plain = compose(model, info, kind, rounding=rounding)
-    phased = compose(model, info, kind, rounding=rounding, phase_space=True)
+    phased = compose(model, info, kind, rounding=rounding, phase_space=True, phase_form=form)
     d2s = [n for n in phased.graph.node if n.op_type == "DepthToSpace"]
-    assert len(d2s) == 1 and d2s[0].name.startswith(PREFIX)  # the model's own and the chroma's float ones are gone
+    # the model's own and the chroma's float ones are gone; CHANNELS puts RGB phases in place by a Transpose
+    assert [n.name[: len(PREFIX)] for n in d2s] == ([] if form == PhaseForm.CHANNELS and kind == Io.RGB8
+                                                    else [PREFIX])
+    if form == PhaseForm.CHANNELS:  # no tensor of rank 5 anywhere
+        shapes = onnx.shape_inference.infer_shapes(phased).graph.value_info
+        assert all(len(v.type.tensor_type.shape.dim) != 5 for v in shapes)
     def assert_same_pixels(got: np.ndarray, expected: np.ndarray) -> None:
         # ONNX Runtime may fold the gain into the model's last Conv once no DepthToSpace sits between them
         # (measured: 2 of 49410 pixels one level apart for y8), so "the same" is the rounding test's bound

@@ -16,7 +16,7 @@ import numpy as np
 
 from srkit.errors import InputError, SrkitError, UnsupportedModelError
 from srkit.meta import Io, ModelInfo, Precision
-from srkit.pipeline import Rounding
+from srkit.pipeline import PhaseForm, Rounding
 
 # what each pipeline I/O kind takes: (dtype, channels); srkit.pipeline builds the graphs
 PIPELINE_INPUTS: dict[Io, tuple[type, int]] = {
@@ -57,6 +57,9 @@ class Backend(ABC):
     # How the pipelines srkit composes for this backend round to pixels (same pixels either way; the fastest
     # form this backend runs, measured: srkit.pipeline.Rounding).
     pipeline_rounding: ClassVar[Rounding] = Rounding.PORTABLE
+    # How those pipelines hold a Y model's output phases before they become pixels (same pixels; the faster
+    # form on this backend, measured: srkit.pipeline.PhaseForm).
+    pipeline_phase_form: ClassVar[PhaseForm] = PhaseForm.PLANES
     # The model file this backend runs (ncnn: a .param with its .bin; the others: an exported ONNX model).
     model_suffix: ClassVar[str] = ".onnx"
     # The backend whose fp32 CPU output is the parity reference and whose fp32 CPU row is the bench's "x eager

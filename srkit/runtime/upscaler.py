@@ -341,7 +341,7 @@ class Upscaler:
         model = onnx.load(str(self.model_path))
         # in memory, so the 8-bit phase-space tail (srkit.pipeline.compose) is fine: no TensorRT parser sees it
         graph = compose(model, self.info, io, rounding=self._backend_cls.pipeline_rounding,
-                        phase_space=True).SerializeToString()
+                        phase_space=True, phase_form=self._backend_cls.pipeline_phase_form).SerializeToString()
         backend = self._backend_cls(self.model_path, replace(self.info, io=io), options, graph=graph)
         return backend.activate()
 
