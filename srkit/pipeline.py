@@ -123,6 +123,7 @@ class _Graph:
     nodes: list[Any] = field(default_factory=list)
     initializers: list[Any] = field(default_factory=list)
     count: int = 0
+    image: str = ""  # the input image cast to float, NHWC: shapes are read from it (see `image_shape`)
 
     def name(self, hint: str) -> str:
         self.count += 1
@@ -142,6 +143,12 @@ class _Graph:
         out = output or self.name(hint or op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs))
         return out
+
+    def image_shape(self) -> str:
+        """int64 [4]: N, H, W, C of the image, read from its float copy: TensorRT takes 8-bit tensors only as
+        network I/O consumed or produced by a Cast (onnx-tensorrt docs/operators.md), so not even Shape may
+        read the uint8 input."""
+        return self.op("Shape", [self.image], "image_shape")
 
 
 @dataclass(frozen=True)
@@ -197,8 +204,9 @@ def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Roundin
     g = _Graph()
     image_dtype = TensorProto.UINT16 if io == Io.RGB16 else TensorProto.UINT8
     channels = io_channels(io)
-    nchw = g.op("Transpose", [INPUT_NAME], "nchw", perm=[0, 3, 1, 2])
-    pixels = g.op("Cast", [nchw], "pixels", to=TensorProto.FLOAT)
+    # cast first: the 8-bit image is touched by this Cast only (TensorRT), and the input is the small end
+    g.image = g.op("Cast", [INPUT_NAME], "pixels_nhwc", to=TensorProto.FLOAT)
+    pixels = g.op("Transpose", [g.image], "pixels", perm=[0, 3, 1, 2])
     hw = _height_width(g)
     peak = pixel_peak(io)
     chroma = None
@@ -258,7 +266,7 @@ def _describe_inner(model: Any) -> _Inner:
 
 def _height_width(g: _Graph) -> tuple[str, str]:
     """int64 [1] tensors H and W of the NHWC input."""
-    shape = g.op("Shape", [INPUT_NAME], "shape")
+    shape = g.image_shape()
     h = g.op("Gather", [shape, g.const("axis_h", np.array([1], np.int64))], "h", axis=0)
     w = g.op("Gather", [shape, g.const("axis_w", np.array([2], np.int64))], "w", axis=0)
     return h, w
@@ -420,50 +428,53 @@ class _PhaseLayout:
 
 def _phase_shape(g: _Graph, hw: tuple[str, str], middle: list[int]) -> str:
     """int64 [N, *middle, H, W] for a Reshape (N from the image's shape)."""
-    n = g.op("Gather", [g.op("Shape", [INPUT_NAME], "in_shape"), g.const("axis_n", np.array([0], np.int64))], "n",
-             axis=0)
+    n = g.op("Gather", [g.image_shape(), g.const("axis_n", np.array([0], np.int64))], "n", axis=0)
     return g.op("Concat", [n, g.const("middle", np.array(middle, np.int64)), *hw], "phase_shape", axis=0)
 
 
 def _to_pixels(g: _Graph, levels: str, gain: float, peak: float, dtype: int, rounding: Rounding,
                phases: _PhaseLayout | None = None) -> None:
-    """levels x gain, rounded half to even (np.rint), clipped to the pixel range, cast, back to NHWC (from
-    phases: the 8-bit phases put in place by one DepthToSpace first)."""
+    """levels x gain, rounded half to even (np.rint), clipped to the pixel range, cast, put in place as NHWC
+    (from phases: by a DepthToSpace or one 6-D Transpose first). QUANTIZE makes the 8-bit pixels in one pass
+    and moves them as bytes; PORTABLE places the float levels and casts last, so that the only op touching an
+    8-bit tensor is that Cast (TensorRT takes uint8 only as network I/O, onnx-tensorrt docs/operators.md)."""
     from onnx import TensorProto
 
     if rounding == Rounding.QUANTIZE and dtype == TensorProto.UINT8:
-        cast = g.op("QuantizeLinear", [levels, g.const("inv_gain", np.float32(1.0 / gain)),
-                                       g.const("zero_point", np.uint8(0))], "pixels_out")
-    else:
-        scaled = g.op("Mul", [levels, g.const("gain", np.float32(gain))], "levels")
-        rounded = g.op("Round", [scaled], "rounded")
-        clipped = g.op("Clip", [rounded, g.const("lo", np.float32(0.0)), g.const("hi", np.float32(peak))],
-                       "clipped")
-        cast = g.op("Cast", [clipped], "pixels_out", to=dtype)
-    if phases is not None and phases.form == PhaseForm.CHANNELS and phases.channels > 1:
-        _phases_to_nhwc(g, cast, phases)
+        pixels = g.op("QuantizeLinear", [levels, g.const("inv_gain", np.float32(1.0 / gain)),
+                                         g.const("zero_point", np.uint8(0))], "pixels_out")
+        _place(g, pixels, phases, output=OUTPUT_NAME)
         return
+    scaled = g.op("Mul", [levels, g.const("gain", np.float32(gain))], "levels")
+    rounded = g.op("Round", [scaled], "rounded")
+    clipped = g.op("Clip", [rounded, g.const("lo", np.float32(0.0)), g.const("hi", np.float32(peak))], "clipped")
+    g.op("Cast", [_place(g, clipped, phases)], output=OUTPUT_NAME, to=dtype)
+
+
+def _place(g: _Graph, x: str, phases: _PhaseLayout | None, output: str | None = None) -> str:
+    """[N, C, sH, sW] (or phases) -> [N, sH, sW, C]."""
+    if phases is not None and phases.form == PhaseForm.CHANNELS and phases.channels > 1:
+        return _phases_to_nhwc(g, x, phases, output)
     if phases is not None:
         s = phases.scale
         if phases.channels > 1:
-            cast = g.op("Reshape", [cast, _phase_shape(g, phases.hw, [phases.channels * s * s])], "pixel_phases")
-        cast = g.op("DepthToSpace", [cast], "pixels_in_place", blocksize=s, mode="CRD")
-    g.op("Transpose", [cast], output=OUTPUT_NAME, perm=[0, 2, 3, 1])
+            x = g.op("Reshape", [x, _phase_shape(g, phases.hw, [phases.channels * s * s])], "pixel_phases")
+        x = g.op("DepthToSpace", [x], "pixels_in_place", blocksize=s, mode="CRD")
+    return g.op("Transpose", [x], "pixels_nhwc_out", output=output, perm=[0, 2, 3, 1])
 
 
-def _phases_to_nhwc(g: _Graph, pixels: str, phases: _PhaseLayout) -> None:
-    """8-bit [N, C*s*s, H, W] phases straight to the NHWC image with one 6-D Transpose ([N, C, i, j, H, W] ->
+def _phases_to_nhwc(g: _Graph, pixels: str, phases: _PhaseLayout, output: str | None) -> str:
+    """[N, C*s*s, H, W] phases straight to the NHWC image with one 6-D Transpose ([N, C, i, j, H, W] ->
     [N, H, i, W, j, C]) instead of DepthToSpace then Transpose: one pass over the output instead of two and a
     layout change on OpenVINO (post stage 33.6 -> 28.3 ms, ESPCN x3 at 1080p, measured). ONNX Runtime copies
     such a transpose element by element (much slower), so its PLANES form keeps DepthToSpace."""
     s, c = phases.scale, phases.channels
     six = g.op("Reshape", [pixels, _phase_shape(g, phases.hw, [c, s, s])], "pixel_phases_6d")
     placed = g.op("Transpose", [six], "pixels_placed", perm=[0, 4, 2, 5, 3, 1])
-    n = g.op("Gather", [g.op("Shape", [INPUT_NAME], "in_shape"), g.const("axis_n", np.array([0], np.int64))], "n",
-             axis=0)
+    n = g.op("Gather", [g.image_shape(), g.const("axis_n", np.array([0], np.int64))], "n", axis=0)
     big = [g.op("Mul", [side, g.const("scale", np.array([s], np.int64))]) for side in phases.hw]
     shape = g.op("Concat", [n, *big, g.const("channels", np.array([c], np.int64))], "out_shape", axis=0)
-    g.op("Reshape", [placed, shape], output=OUTPUT_NAME)
+    return g.op("Reshape", [placed, shape], "pixels_nhwc_out", output=output)
 
 
 def _phase_tail(model: Any, info: ModelInfo, inner: _Inner) -> Any | None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,19 +20,23 @@ from srkit.pipeline import PIPELINE_OPS, PREFIX, PhaseForm, Rounding, compose, p
 from srkit.runtime import Upscaler
 from srkit.runtime import registry as backends
 
-# onnx/onnx-tensorrt docs/operators.md (commit 6d0ab7b, "TensorRT 8.5 supports operators up to Opset 17"):
-# the row of every op a pipeline adds, with the types that table lists. uint8 network I/O (the Cast from and to
-# UINT8 at the pipeline's ends) needs TensorRT 8.6 or later; TensorRT has no uint16, so `rgb16` is not for it.
+# onnx/onnx-tensorrt docs/operators.md at "ONNX-TensorRT 10.1 GA release" (commit 96e7811; "TensorRT 10.0 supports
+# operators in the inclusive range of opset 9 to opset 20"): the row of every op a pipeline adds, and ESPCN's own,
+# with the types that table lists (its ConstantOfShape row reads "INF64": INT64). The same page: "UINT8 is only
+# supported as network input or output tensor types", and of these ops only Cast lists UINT8. TensorRT has no
+# uint16, so `rgb16` is not for it.
 TENSORRT_OPERATORS = {
-    "Add": "FP32, FP16, INT32", "Cast": "FP32, FP16, INT32, INT8, BOOL", "Clip": "FP32, FP16, INT8",
-    "Concat": "FP32, FP16, INT32, INT8, BOOL", "ConstantOfShape": "FP32", "Conv": "FP32, FP16, INT8",
-    "DepthToSpace": "FP32, FP16, INT32", "Div": "FP32, FP16, INT32",
-    "Gather": "FP32, FP16, INT8, INT32, BOOL", "Identity": "FP32, FP16, INT32, INT8, BOOL",
-    "Mod": "FP32, FP16, INT32", "Mul": "FP32, FP16, INT32", "Pad": "FP32, FP16, INT8, INT32",
-    "ReduceMean": "FP32, FP16", "Round": "FP32, FP16, INT8", "Shape": "FP32, FP16, INT32, INT8, BOOL",
-    "Slice": "FP32, FP16, INT32, INT8, BOOL", "Sub": "FP32, FP16, INT32",
-    "Transpose": "FP32, FP16, INT32, INT8, BOOL", "Reshape": "FP32, FP16, INT32, INT8, BOOL",
-    "Unsqueeze": "FP32, FP16, INT32, INT8, BOOL",  # `axes` must be a constant tensor: it is an initializer here
+    "Add": "FP32, FP16, BF16, INT32, INT64", "Cast": "FP32, FP16, BF16, INT32, INT64, UINT8, BOOL",
+    "Clip": "FP32, FP16, BF16", "Concat": "FP32, FP16, BF16, INT32, INT64, BOOL",
+    "ConstantOfShape": "FP32, FP16, BF16, INT32, INT64, BOOL", "Conv": "FP32, FP16, BF16",
+    "DepthToSpace": "FP32, FP16, BF16, INT32, INT64", "Div": "FP32, FP16, BF16, INT32, INT64",
+    "Gather": "FP32, FP16, BF16, INT32, INT64, BOOL", "Identity": "FP32, FP16, BF16, INT32, INT64, BOOL",
+    "Mod": "FP32, FP16, BF16, INT32, INT64", "Mul": "FP32, FP16, BF16, INT32, INT64",
+    "Pad": "FP32, FP16, BF16, INT32, INT64", "ReduceMean": "FP32, FP16, BF16, INT32, INT64",
+    "Reshape": "FP32, FP16, BF16, INT32, INT64, BOOL", "Round": "FP32, FP16, BF16",
+    "Shape": "FP32, FP16, BF16, INT32, INT64, BOOL", "Slice": "FP32, FP16, BF16, INT32, INT64, BOOL",
+    "Sub": "FP32, FP16, BF16, INT32, INT64", "Tanh": "FP32, FP16, BF16",
+    "Transpose": "FP32, FP16, BF16, INT32, INT64, BOOL", "Unsqueeze": "FP32, FP16, BF16, INT32, INT64, BOOL",
 }
 MIN_WITHIN_ONE_LEVEL, MIN_PSNR_DB = quality.PIPELINE_MIN_WITHIN_ONE_LEVEL, quality.PIPELINE_GATE_DB
 ODD_SIZES = [(37, 53), (61, 40), (1, 5)]
@@ -232,19 +237,53 @@ def test_exported_pipeline_describes_itself(rgb8_model: Path) -> None:
     assert [d.dim_value for d in inp.type.tensor_type.shape.dim][3] == 3
 
 
-def test_every_pipeline_op_is_in_tensorrts_onnx_table(rgb8_model: Path, espcn_x3_onnx: Path,
-                                                      rgb_x2_multiple2: Path) -> None:
+def _tensorrt_type_errors(model: Any, *, added_only: bool = False) -> list[str]:
+    """Every node (`added_only`: every node the pipeline added) whose data input (its first) has a type
+    TensorRT's table does not list for that op."""
     import onnx
+
+    names = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.INT32: "INT32",
+             onnx.TensorProto.INT64: "INT64", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.BOOL: "BOOL",
+             onnx.TensorProto.UINT16: "UINT16", onnx.TensorProto.INT8: "INT8"}
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types |= {t.name: t.data_type for t in graph.initializer}
+    errors = []
+    for node in graph.node:
+        if added_only and not node.name.startswith(PREFIX):
+            continue
+        listed = TENSORRT_OPERATORS.get(node.op_type, "")
+        kind = names.get(types.get(node.input[0], -1), "?")
+        if kind not in listed.split(", "):
+            errors.append(f"{node.op_type} {node.name} takes {kind}; TensorRT lists {listed or 'no such op'}")
+    return errors
+
+
+def test_every_pipeline_op_is_in_tensorrts_onnx_table_with_its_types(rgb8_model: Path, espcn_x3_onnx: Path,
+                                                                     rgb_x2_multiple2: Path) -> None:
+    """The exported pipeline, and what srkit composes in memory for TensorRT, use only ops of onnx-tensorrt's
+    table on types it lists for them: the 8-bit image is read and written by a Cast only."""
+    import onnx
+
+    from srkit.runtime.tensorrt import TensorRTBackend as trt
 
     assert set(TENSORRT_OPERATORS) >= PIPELINE_OPS
     for path, kinds in ((espcn_x3_onnx, [Io.RGB8, Io.GRAY8, Io.Y8]), (rgb_x2_multiple2, [Io.RGB8, Io.GRAY8])):
-        model = onnx.load(str(path))
+        model, info = onnx.load(str(path)), read_model_info(path)
         for kind in kinds:
-            added = {n.op_type for n in compose(model, read_model_info(path), kind).graph.node
-                     if n.name.startswith(PREFIX)}
-            assert added <= set(TENSORRT_OPERATORS), added - set(TENSORRT_OPERATORS)
-    whole = {n.op_type for n in onnx.load(str(rgb8_model)).graph.node}
-    assert whole <= set(TENSORRT_OPERATORS) | {"Tanh"}  # ESPCN's own Tanh is in the table too ("Y")
+            for composed in (compose(model, info, kind),
+                             compose(model, info, kind, rounding=trt.pipeline_rounding,
+                                     phase_space=trt.pipeline_phase_form is not None)):
+                added = [n for n in composed.graph.node if n.name.startswith(PREFIX)]
+                assert {n.op_type for n in added} <= set(TENSORRT_OPERATORS)
+                assert _tensorrt_type_errors(composed, added_only=True) == []
+                eight_bit = [n.op_type for n in added if {"image", "upscaled"} & {*n.input, *n.output}]
+                assert eight_bit == ["Cast", "Cast"], eight_bit
+    assert _tensorrt_type_errors(onnx.load(str(rgb8_model))) == []
+    # what the check catches: srkit's in-memory CPU form moves 8-bit pixels, which TensorRT cannot take
+    cpu_form = compose(onnx.load(str(espcn_x3_onnx)), read_model_info(espcn_x3_onnx), Io.RGB8,
+                       rounding=Rounding.QUANTIZE, phase_space=True)
+    assert any("UINT8" in e for e in _tensorrt_type_errors(cpu_form))
 
 
 def test_pipeline_model_file_runs_through_upscaler(rgb8_model: Path, espcn_x3_onnx: Path,

@@ -12,7 +12,7 @@ import pytest
 from srkit._optional import is_available
 from srkit.cli.main import run
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Color, ModelInfo, Precision
+from srkit.meta import Color, Io, ModelInfo, Precision
 from srkit.runtime import registry
 from srkit.runtime import tensorrt as trt_backend
 from srkit.runtime.tensorrt import check_device, check_precision, check_trt_version
@@ -72,6 +72,40 @@ def test_profile_from_tile_honours_size_multiple() -> None:
 def test_profile_from_rectangular_tile() -> None:
     p = compute_profile(_info(size_multiple=2), tile=(95, 161))
     assert p.max == p.opt == (1, 1, 96, 162)
+
+
+def test_pipeline_profile_is_nhwc_with_image_channels_and_no_rounding() -> None:
+    """A composed pipeline takes uint8 NHWC images and pads them itself: the profile follows the image."""
+    rgb = compute_profile(_info(io=Io.RGB8, size_multiple=4), max_hw=(1080, 1919))
+    assert rgb.min == (1, 4, 4, 3) and rgb.max == (1, 1080, 1919, 3)  # no rounding up to the multiple
+    assert rgb.opt == (1, 720, 1280, 3)
+    gray = compute_profile(_info(io=Io.GRAY8), tile=(95, 161))
+    assert gray.min == (1, 1, 1, 1) and gray.max == gray.opt == (1, 95, 161, 1)
+    check_in_profile(rgb, (1, 359, 641, 3))
+    with pytest.raises(InputError, match="outside the TensorRT engine's profile"):
+        check_in_profile(rgb, (1, 1081, 641, 3))
+
+
+def test_pipeline_engine_is_keyed_on_the_composed_graph(tmp_path: Path) -> None:
+    """An engine built from a pipeline srkit composed in memory is cached under that graph's hash and the
+    pipeline kind, beside (not instead of) the tensor model's engine."""
+    import hashlib
+
+    from srkit.runtime.base import BackendOptions
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"tensor model bytes")
+    plain = trt_backend.TensorRTBackend(model, _info(), BackendOptions())
+    graph = b"composed pipeline bytes"
+    piped = trt_backend.TensorRTBackend(model, _info(io=Io.RGB8), BackendOptions(), graph=graph)
+    assert plain.source_sha256() == file_sha256(model) and plain.cache_stem() == "m"
+    assert piped.source_sha256() == hashlib.sha256(graph).hexdigest() and piped.cache_stem() == "m-rgb8"
+    assert piped.profile().max[3] == 3 and plain.profile().max[1] == 1
+
+
+def test_tensorrt_takes_no_16_bit_pipelines() -> None:
+    cls = trt_backend.TensorRTBackend
+    assert cls.runs_pipelines and Io.RGB16 not in cls.pipeline_ios and cls.pipeline_phase_form is None
 
 
 def test_profile_default_covers_1080p_and_batch() -> None:
@@ -286,3 +320,22 @@ def test_trt_engine_builds_caches_and_matches_ort(espcn_x3_onnx: Path, tmp_path:
         Upscaler(
             espcn_x3_onnx, backend="trt", device="cuda", cache_dir=tmp_path, tile=128, trt_rebuild=False
         ).backend.activate()
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT and a CUDA GPU")
+def test_trt_runs_the_uint8_pipeline_with_the_host_paths_pixels(espcn_x3_onnx: Path, tmp_path: Path) -> None:
+    """Untiled 8-bit images go through the composed pipeline engine (uint8 NHWC in and out, a Cast at each
+    end) and give the host path's pixels; 16-bit images take the host path (TensorRT has no uint16)."""
+    from srkit.runtime import Upscaler
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (61, 47, 3), dtype=np.uint8)
+    with Upscaler(espcn_x3_onnx, backend="trt", device="cuda", cache_dir=tmp_path) as up:
+        assert up.route(image) == "pipeline" and up.route(image.astype(np.uint16) * 257) == "host"
+        piped, host = up.upscale(image), up.upscale(image, pipeline=False)
+        assert any(p.name.startswith(f"{espcn_x3_onnx.stem}-rgb8") for p in tmp_path.glob("*.engine"))
+    diff = np.abs(piped.astype(int) - host.astype(int))
+    assert piped.dtype == np.uint8 and piped.shape == (183, 141, 3)
+    assert (diff <= 1).mean() >= 0.999

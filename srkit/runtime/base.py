@@ -58,8 +58,11 @@ class Backend(ABC):
     # form this backend runs, measured: srkit.pipeline.Rounding).
     pipeline_rounding: ClassVar[Rounding] = Rounding.PORTABLE
     # How those pipelines hold a Y model's output phases before they become pixels (same pixels; the faster
-    # form on this backend, measured: srkit.pipeline.PhaseForm).
-    pipeline_phase_form: ClassVar[PhaseForm] = PhaseForm.PLANES
+    # form on this backend, measured: srkit.pipeline.PhaseForm); None: no phase-space tail (8-bit DepthToSpace),
+    # the model's own float one stays.
+    pipeline_phase_form: ClassVar[PhaseForm | None] = PhaseForm.PLANES
+    # The pipeline kinds this backend runs (its types); other images take the host path.
+    pipeline_ios: ClassVar[frozenset[Io]] = frozenset({Io.RGB8, Io.GRAY8, Io.Y8, Io.RGB16})
     # The model file this backend runs (ncnn: a .param with its .bin; the others: an exported ONNX model).
     model_suffix: ClassVar[str] = ".onnx"
     # The backend whose fp32 CPU output is the parity reference and whose fp32 CPU row is the bench's "x eager

@@ -10,6 +10,7 @@ touch TensorRT and CUDA.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Precision
+from srkit.meta import Io, Precision
 from srkit.runtime.base import Backend
 from srkit.runtime.trt_cache import (
     CachePaths,
@@ -92,6 +93,11 @@ class TensorRTBackend(Backend):
     title = "TensorRT"
     module_name = "tensorrt"
     Options = TensorRTOptions
+    # The portable pipeline form (srkit.pipeline.Rounding.PORTABLE, no phase-space tail): uint8 is read and
+    # written by a Cast at the network's ends only, as TensorRT requires; no uint16 in TensorRT, so no rgb16.
+    runs_pipelines = True
+    pipeline_phase_form = None
+    pipeline_ios = frozenset({Io.RGB8, Io.GRAY8, Io.Y8})
 
     @classmethod
     def devices(cls) -> list[str]:
@@ -130,12 +136,10 @@ class TensorRTBackend(Backend):
             torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index))
         )
         self.trt_profile = self.profile()
-        key = engine_key(
-            file_sha256(self.model_path), self.gpu, trt.__version__, self.trt_profile, self.info.precision
-        )
+        key = engine_key(self.source_sha256(), self.gpu, trt.__version__, self.trt_profile, self.info.precision)
         folder = Path(self.options.specific.cache_dir or default_cache_dir())
         folder.mkdir(parents=True, exist_ok=True)
-        paths = cache_paths(folder, self.model_path.stem, key)
+        paths = cache_paths(folder, self.cache_stem(), key)
         self.logger = trt.Logger(trt.Logger.WARNING)
         engine_bytes = self._cached_engine(paths, key) or self._build(trt, paths, key)
         self.runtime = trt.Runtime(self.logger)
@@ -149,7 +153,8 @@ class TensorRTBackend(Backend):
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.input_name, self.output_name = inputs[0], outputs[0]
-        to_torch = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        to_torch = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                    trt.DataType.UINT8: torch.uint8}
         if hasattr(trt.DataType, "BF16"):
             to_torch[trt.DataType.BF16] = torch.bfloat16
         self.in_dtype = to_torch[self.engine.get_tensor_dtype(self.input_name)]
@@ -168,7 +173,8 @@ class TensorRTBackend(Backend):
         builder = trt.Builder(self.logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse_from_file(str(self.model_path)):
+        parsed = parser.parse(self.graph) if self.graph is not None else parser.parse_from_file(str(self.model_path))
+        if not parsed:
             raise InputError(f"TensorRT cannot parse {self.model_path}: {parse_errors(parser)}")
         config = builder.create_builder_config()
         workspace = int(self.options.specific.workspace)
@@ -191,8 +197,18 @@ class TensorRTBackend(Backend):
         self.engine_source = "built"
         return data
 
+    def source_sha256(self) -> str:
+        """What the engine is built from: the composed pipeline graph when there is one, else the file."""
+        return hashlib.sha256(self.graph).hexdigest() if self.graph is not None else file_sha256(self.model_path)
+
+    def cache_stem(self) -> str:
+        """The engine's file name stem: the model's, and the pipeline kind for a composed pipeline."""
+        return self.model_path.stem if self.graph is None else f"{self.model_path.stem}-{self.info.io.value}"
+
     def probe_input(self, side: int = 8) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
         """The scale probe must lie inside the engine's optimization profile: its smallest shape."""
+        if self.info.io != Io.TENSOR:
+            return np.full(self.trt_profile.min, 128, np.uint8)
         return np.full(self.trt_profile.min, 0.5, np.float32)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - needs TensorRT and a GPU
@@ -207,7 +223,8 @@ class TensorRTBackend(Backend):
             self.context.set_tensor_address(self.output_name, dst.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise BackendUnavailableError("TensorRT execution failed (see its log)")
-            result = dst.float().cpu()
+            # a pipeline's uint8 image comes back as it is; a tensor model's output as float32
+            result = dst.cpu() if self.info.io != Io.TENSOR else dst.float().cpu()
         self.stream.synchronize()
         return result.numpy()
 

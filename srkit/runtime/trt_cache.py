@@ -24,7 +24,7 @@ from typing import Any
 from srkit import __version__
 from srkit._fs import atomic_path, sha256_file
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import ModelInfo, Precision
+from srkit.meta import Io, ModelInfo, Precision
 
 SIDECAR_FORMAT = 1
 # Without a tile size or a static shape, the profile covers frames up to 1080p (video), tuned for 720p.
@@ -37,7 +37,8 @@ Shape = tuple[int, int, int, int]
 # ---- the optimization profile ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShapeProfile:
-    """min/opt/max NCHW shapes of the model input, as TensorRT's optimization profile takes them."""
+    """min/opt/max shapes of the model input, as TensorRT's optimization profile takes them: NCHW for a tensor
+    model, NHWC for a pipeline (uint8 images)."""
 
     min: Shape
     opt: Shape
@@ -75,28 +76,54 @@ def compute_profile(
       full tile is the shape TensorRT tunes for (tiles are fixed-size; only small images differ);
     - otherwise up to `max_hw` (default 1080p, for video frames), tuned for `opt_hw`.
     H and W honour the model's size multiple (the runtime pads to it), so each bound is rounded up to it.
+    A pipeline (`info.io` rgb8, gray8, y8) is profiled NHWC with its image channels, from its smallest side.
     """
     if batch < 1:
         raise InputError(f"TensorRT batch must be >= 1, got {batch}")
+    if info.io != Io.TENSOR:
+        return _pipeline_profile(info, tile=tile, max_hw=max_hw, opt_hw=opt_hw, batch=batch)
     c, m = info.in_channels, max(1, info.size_multiple)
     if info.static_shape:
         h, w = info.static_shape
         shape = (1, c, h, w)
         return ShapeProfile(shape, shape, shape)
+    hi, opt = _profile_sides(tile, max_hw, opt_hw, m)
+    max_h, max_w = round_up(hi[0], m), round_up(hi[1], m)
+    opt_h, opt_w = min(round_up(opt[0], m), max_h), min(round_up(opt[1], m), max_w)
+    return ShapeProfile((1, c, m, m), (batch, c, opt_h, opt_w), (batch, c, max_h, max_w))
+
+
+def _profile_sides(tile: int | tuple[int, int] | None, max_hw: tuple[int, int] | None,
+                   opt_hw: tuple[int, int] | None, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(largest, tuned-for) (H, W) before rounding to the size multiple."""
     if tile is not None:
         th, tw = (tile, tile) if isinstance(tile, int) else tile
-        if min(th, tw) < m:
-            raise InputError(f"tile size {th}x{tw} is smaller than the model's size multiple {m}")
-        hi: tuple[int, int] = (round_up(th, m), round_up(tw, m))
+        if min(th, tw) < multiple:
+            raise InputError(f"tile size {th}x{tw} is smaller than the model's size multiple {multiple}")
+        hi: tuple[int, int] = (th, tw)
         opt: tuple[int, int] = hi
     else:
         hi = max_hw or DEFAULT_MAX_HW
         opt = opt_hw or (min(DEFAULT_OPT_HW[0], hi[0]), min(DEFAULT_OPT_HW[1], hi[1]))
     if any(v < 1 for v in (*hi, *opt)):
         raise InputError(f"TensorRT profile shapes must be positive, got max {hi} and opt {opt}")
-    max_h, max_w = round_up(hi[0], m), round_up(hi[1], m)
-    opt_h, opt_w = min(round_up(opt[0], m), max_h), min(round_up(opt[1], m), max_w)
-    return ShapeProfile((1, c, m, m), (batch, c, opt_h, opt_w), (batch, c, max_h, max_w))
+    return hi, opt
+
+
+def _pipeline_profile(info: ModelInfo, *, tile: int | tuple[int, int] | None, max_hw: tuple[int, int] | None,
+                      opt_hw: tuple[int, int] | None, batch: int) -> ShapeProfile:
+    """A pipeline graph (srkit.pipeline) takes NHWC images and pads them to the size multiple itself, so its
+    sides need no rounding; the smallest is what its reflection padding needs."""
+    from srkit.pipeline import io_channels, min_side
+
+    c = io_channels(info.io)
+    if info.static_shape:
+        h, w = info.static_shape
+        shape = (1, h, w, c)
+        return ShapeProfile(shape, shape, shape)
+    (max_h, max_w), (opt_h, opt_w) = _profile_sides(tile, max_hw, opt_hw, min_side(info))
+    low = min_side(info)
+    return ShapeProfile((1, low, low, c), (batch, min(opt_h, max_h), min(opt_w, max_w), c), (batch, max_h, max_w, c))
 
 
 def check_in_profile(profile: ShapeProfile, shape: tuple[int, ...]) -> None:

@@ -310,7 +310,7 @@ class Upscaler:
             if io == self.info.io and not big_enough:
                 raise InputError(f"this pipeline model takes images of at least {min_side(self.info)} pixels a side")
             return io if io == self.info.io else None
-        if not self._use_pipelines or self.info.static_shape is not None:
+        if not self._use_pipelines or self.info.static_shape is not None or io not in self._backend_cls.pipeline_ios:
             return None
         if io == Io.Y8 and self.info.color != Color.Y:
             return None
@@ -331,7 +331,7 @@ class Upscaler:
         precision the tensor model runs (`auto` is measured on the tensor model first)."""
         import onnx
 
-        from srkit.pipeline import compose
+        from srkit.pipeline import PhaseForm, compose
 
         options = self.backend.options
         if options.precision == Precision.AUTO:
@@ -340,8 +340,9 @@ class Upscaler:
             options = replace(options, precision=choice.chosen if choice else Precision.FP32)
         model = onnx.load(str(self.model_path))
         # in memory, so the 8-bit phase-space tail (srkit.pipeline.compose) is fine: no TensorRT parser sees it
+        form = self._backend_cls.pipeline_phase_form
         graph = compose(model, self.info, io, rounding=self._backend_cls.pipeline_rounding,
-                        phase_space=True, phase_form=self._backend_cls.pipeline_phase_form).SerializeToString()
+                        phase_space=form is not None, phase_form=form or PhaseForm.PLANES).SerializeToString()
         backend = self._backend_cls(self.model_path, replace(self.info, io=io), options, graph=graph)
         return backend.activate()
 
