@@ -50,6 +50,19 @@ def test_zoo_lists_bundled_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["zoo"]) == 0
     out = capsys.readouterr().out
     assert "test gain" in out and "validation set" in out and "no choice looked at" in out
+    assert "int8 dB" in out and data["espcn-x3"]["int8"]["psnr_drop_db"] <= 0.3
+
+
+def test_bundled_name_at_int8_runs_the_shipped_int8_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-m espcn-x3 --precision int8` needs no `srkit quantize`: the all-int8 model shipped with it runs."""
+    out = tmp_path / "x3.png"
+    sample = Path(__file__).parents[1] / "srkit" / "data" / "sample.png"
+    for backend in ("ort", "openvino"):
+        assert run(["upscale", str(sample), "-m", "espcn-x3", "--precision", "int8", "--backend", backend,
+                    "-o", str(out)]) == 0
+        assert f"{backend} on cpu, int8" in capsys.readouterr().err
+        assert Image.open(out).size == (600, 450)
+        out.unlink()
 
 
 def test_export_upscale_info_round_trip(tmp_path: Path) -> None:

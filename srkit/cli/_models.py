@@ -16,9 +16,10 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def resolve_onnx(model: str, *, other_formats: bool = False) -> Path:
+def resolve_onnx(model: str, *, other_formats: bool = False, precision: str | None = None) -> Path:
     """`other_formats`: a model in a format a backend of its own runs is a model too (an ncnn .param, what
-    `srkit upscale --backend ncnn` runs; `Backend.model_suffix`)."""
+    `srkit upscale --backend ncnn` runs; `Backend.model_suffix`). `precision` "int8" with a bundled name: the
+    all-int8 model shipped with it (`srkit zoo`), where there is one."""
     path = Path(model)
     if path.is_file():
         if other_formats:
@@ -35,6 +36,8 @@ def resolve_onnx(model: str, *, other_formats: bool = False) -> Path:
         known = ", ".join(zoo.entries())
         raise InputError(f"model not found: {model} (neither a file nor a bundled model: {known})")
     entry = zoo.get(model)
+    if precision == "int8" and entry.int8 is not None:
+        return entry.int8
     from srkit.models.loader import sha256_file
 
     target = cache_dir() / "onnx" / f"{model}-{sha256_file(entry.weights)[:12]}.onnx"

@@ -50,18 +50,20 @@ def zoo(as_json: bool) -> None:
         v = e.record.get("validation", {})
         others = [f"{e.baselines_psnr_y[k]:.2f}" if k in e.baselines_psnr_y else "-" for k in classical]
         test = f"{e.test_gain_db:+.2f}" if e.test_gain_db is not None else "-"
+        int8 = f"-{e.int8_drop_db:.2f}" if e.int8_drop_db is not None else "-"
         rows.append([e.name, e.arch, f"x{e.scale}", f"{e.parameters:,}", f"{v.get('psnr_y', float('nan')):.2f}",
                      f"{v.get('bicubic_psnr_y', float('nan')):.2f}", f"{v.get('gain_db', float('nan')):+.2f}",
-                     test, *others, e.origin])
+                     test, *others, int8, e.origin])
     echo(table(rows, ["name", "arch", "scale", "params", "PSNR-Y", "bicubic", "gain dB", "test gain", *classical,
-                      "weights"]))
+                      "int8 dB", "weights"]))
     from srkit.data import HELD_OUT
 
     echo(f"\nPSNR-Y: mean over the {len(HELD_OUT)} held-out CC0 photos ({', '.join(HELD_OUT)}), BT.601 Y, "
          "border = scale cropped; gain over bicubic. These photos chose between training recipes, so they are a "
          "validation set. test gain: the same measure on 12 natural photos (Debian's mate-backgrounds, nature/, "
          "long side 720) that no training run and no choice looked at (scripts/train_bundled.py --test). nearest, "
-         "bilinear, lanczos: Pillow's filters on the held-out low-resolution images.")
+         "bilinear, lanczos: Pillow's filters on the held-out low-resolution images. int8 dB: the PSNR-Y cost of "
+         "the all-int8 model shipped with it (`--precision int8` runs it; made by `srkit quantize NAME --qat`).")
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def upscale(inputs: list[str], model: str, output: str | None, *, backend: str, 
     from srkit.runtime.container import is_video_path
     from srkit.runtime.files import Status, plan_files, upscale_files
 
-    model_path = resolve_onnx(model, other_formats=True)
+    model_path = resolve_onnx(model, other_formats=True, precision=precision)
     up = Upscaler(model_path, backend=backend, device=device, precision=precision, threads=threads,
                   tile=tile, tile_overlap=tile_overlap, on_note=lambda note: print(f"srkit: {note}", file=sys.stderr))
     if len(inputs) == 1 and is_video_path(inputs[0]):
@@ -334,6 +336,10 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
 
     model_path = resolve_onnx(model)
     info = read_model_info(model_path)
+    from srkit.models import zoo as bundled
+
+    if int8_model is None and bundled.is_bundled(model) and bundled.get(model).int8 is not None:
+        int8_model = str(bundled.get(model).int8)  # the shipped all-int8 model is the int8 rows' model
     for out in (json_out, md_out, plot_out):
         if out:
             check_writable(Path(out))

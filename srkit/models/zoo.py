@@ -37,6 +37,17 @@ class ZooEntry:
         return self.record.get("test", {}).get("gain_db")
 
     @property
+    def int8(self) -> Path | None:
+        """The shipped all-int8 model (Q/DQ ONNX, made by `srkit quantize NAME --qat`), if this model has one."""
+        record = self.record.get("int8")
+        return weights_dir() / record["file"] if record else None
+
+    @property
+    def int8_drop_db(self) -> float | None:
+        record = self.record.get("int8")
+        return float(record["psnr_drop_db"]) if record else None
+
+    @property
     def baselines_psnr_y(self) -> dict[str, float]:
         """PSNR-Y of the classical upscalers (nearest, bilinear, bicubic, lanczos) on the same held-out photos."""
         return dict(self.record.get("validation", {}).get("baselines_psnr_y", {}))
