@@ -81,11 +81,12 @@ def test_pipeline_1080p(benchmark: Any, backend: str, weights: str, precision: s
     fps = {name: 1.0 / s for name, s in seconds.items()}
     benchmark.group = "pipeline 640x360 -> 1920x1080 (espcn-x3)"
     benchmark.extra_info.update({
-        "backend": backend, "precision": described["precision"], "model_fps": fps["model"],
+        "backend": backend, "weights": weights, "precision": described["precision"], "model_fps": fps["model"],
         "e2e_fps": fps["pipeline"], "host_e2e_fps": fps["host"], "e2e_ratio": fps["pipeline"] / fps["model"],
         "host_e2e_ratio": fps["host"] / fps["model"], "target_ratio": TARGET_RATIO, "target_fps": TARGET_FPS,
         "pixels_within_one_level": within, "pixels_psnr_db": psnr,
     })
-    print(f"\n{backend} {described['precision']}: model {fps['model']:.1f} fps, pipeline {fps['pipeline']:.1f} fps "
+    print(f"\n{backend} {described['precision']} ({weights} weights): model {fps['model']:.1f} fps, "
+          f"pipeline {fps['pipeline']:.1f} fps "
           f"({fps['pipeline'] / fps['model']:.2f} of the model call), host {fps['host']:.1f} fps "
           f"({fps['host'] / fps['model']:.2f})")

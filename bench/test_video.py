@@ -61,10 +61,12 @@ def test_video_1080p(benchmark: Any, clip_360p: Path, tmp_path: Path, backend: s
         described = up.describe()
     benchmark.group = "video 640x360 -> 1920x1080 (espcn-x3)"
     benchmark.extra_info.update({
-        "backend": backend, "precision": described["precision"], "frames": result.frames,
+        "backend": backend, "weights": weights, "precision": described["precision"], "frames": result.frames,
         "fps": result.fps, "path": result.path_taken, "x264_preset": options.preset,
         "target_fps": TARGET_FPS, "fraction_of_target": result.fps / TARGET_FPS,
     })
+    print(f"\n{backend} {described['precision']} ({weights} weights): {result.fps:.1f} fps end to end, "
+          f"{result.path_taken} route")
     got = probe(out)
     assert result.frames == FRAMES and (got.width, got.height) == (1920, 1080)
     assert got.rate == 30 and got.has_audio and result.path_taken == "yuv"
