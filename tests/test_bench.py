@@ -312,3 +312,22 @@ def test_cli_rejects_a_bad_size(espcn_x3_onnx: Path, capsys: pytest.CaptureFixtu
     assert "srkit: error: --size" in capsys.readouterr().err
     assert run(["bench", "-m", str(espcn_x3_onnx), "--int8-model", "no-such-int8.onnx"]) == 2
     assert "srkit: error: --int8-model no-such-int8.onnx not found" in capsys.readouterr().err
+
+
+def test_the_int8_peak_probe_runs_integer_convolutions_in_a_chain(tmp_path: Path) -> None:
+    """The conv probe is a chain (a lone conv pays the layout reorder at the graph's edges in full: OpenVINO bf16
+    read 292 GFLOP/s on one conv and 431 on four, below what Real-ESRGAN x4plus reached), and its int8 form
+    quantizes every conv's output, without which ONNX Runtime runs the convs in float (no QLinearConv)."""
+    import onnx
+    import onnxruntime as ort
+
+    from srkit.bench.roofline import PEAK_CONV, build_probes
+
+    c, h, w, depth = PEAK_CONV
+    conv = build_probes(tmp_path, int8=True)[0]
+    assert depth > 1 and conv.flops == 2.0 * c * c * 9 * h * w * depth
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(conv.path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == depth and "Conv" not in ops, ops
