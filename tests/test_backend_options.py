@@ -11,7 +11,7 @@ from srkit import quality
 from srkit._optional import is_available
 from srkit.cli.main import run
 from srkit.errors import BackendUnavailableError, InputError
-from srkit.meta import Color, ModelInfo, Precision
+from srkit.meta import Color, Io, ModelInfo, Precision
 from srkit.runtime import Upscaler
 from srkit.runtime import precision as auto
 from srkit.runtime.ort import OrtOptions, provider_options
@@ -64,6 +64,9 @@ def test_tensorrt_provider_options(tmp_path: Path) -> None:
     fp32 = provider_options("tensorrt", _info(static_shape=(90, 160)), OrtOptions(cache_dir=tmp_path))
     assert fp32["trt_fp16_enable"] is False  # an fp32 model keeps fp32 numbers
     assert fp32["trt_profile_min_shapes"] == fp32["trt_profile_max_shapes"] == "input:1x1x90x160"
+    # a pipeline srkit composed: its input is the uint8 NHWC "image"
+    piped = provider_options("tensorrt", _info(io=Io.RGB8), OrtOptions(cache_dir=tmp_path), input_name="image")
+    assert piped["trt_profile_min_shapes"] == "image:1x1x1x3" and piped["trt_profile_max_shapes"] == "image:1x1088x1920x3"
 
 
 @pytest.mark.parametrize("device", ["cuda", "tensorrt"])

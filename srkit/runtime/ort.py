@@ -12,6 +12,7 @@ import numpy as np
 from srkit._optional import require
 from srkit.errors import BackendUnavailableError, InputError
 from srkit.meta import Io, ModelInfo, Precision
+from srkit.pipeline import INPUT_NAME as PIPELINE_INPUT
 from srkit.pipeline import Rounding
 from srkit.runtime.base import Backend
 
@@ -150,8 +151,10 @@ class OrtBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime has no {provider} here; available: {', '.join(ort.get_available_providers())}"
             )
+        # the profile names the graph's input: srkit's tensor models take "input", its pipelines "image"
+        input_name = "input" if self.info.io == Io.TENSOR else PIPELINE_INPUT
         return provider, provider_options(device, self.info, self.options.specific,
-                                          tile_shape=self.options.tile_shape)
+                                          tile_shape=self.options.tile_shape, input_name=input_name)
 
     def _check_precision(self) -> None:
         wanted, have = self.options.precision, self.info.precision
