@@ -3,8 +3,9 @@
 #   1. builds the wheel from a copy of what a clone holds (git's tracked and unignored files: no build/ leftovers),
 #   2. installs it into a fresh virtual environment (never the source tree), torch the CPU wheel first as
 #      scripts/setup.sh does, the rest from the wheel's own dependencies,
-#   3. from a folder outside the source tree: `srkit export espcn-x3` and `srkit upscale` on the bundled sample,
-#      and checks that srkit ran from the fresh environment and the output is 3x the sample.
+#   3. from a folder outside the source tree: `srkit export espcn-x3` and `srkit upscale` on the bundled sample
+#      (also with the shipped all-int8 model), and checks that srkit ran from the fresh environment and the
+#      outputs are 3x the sample.
 # pip's cache makes a second run fast. Usage: bash scripts/check_wheel.sh   (PYTHON=python3.11 to choose Python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,10 +55,14 @@ case "$SAMPLE" in
 esac
 srkit export espcn-x3 -o "$WORK/run/e.onnx"
 srkit upscale "$SAMPLE" -m "$WORK/run/e.onnx" -o "$WORK/run/o.png"
-"$PY" - "$SAMPLE" "$WORK/run/o.png" <<'EOF'
+# the all-int8 model shipped in the wheel, found by the bundled name
+srkit upscale "$SAMPLE" -m espcn-x3 --precision int8 -o "$WORK/run/o8.png"
+"$PY" - "$SAMPLE" "$WORK/run/o.png" "$WORK/run/o8.png" <<'EOF'
 import sys
 from PIL import Image
-with Image.open(sys.argv[1]) as a, Image.open(sys.argv[2]) as b:
-    assert b.size == (a.width * 3, a.height * 3), (a.size, b.size)
+with Image.open(sys.argv[1]) as a:
+    for out in sys.argv[2:]:
+        with Image.open(out) as b:
+            assert b.size == (a.width * 3, a.height * 3), (out, a.size, b.size)
 EOF
 say "export and upscale from the wheel: OK"
