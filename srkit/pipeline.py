@@ -104,8 +104,8 @@ class PhaseForm(str, Enum):
     PLANES: [N, 3, s*s, H, W]; the luma phases [N, 1, s*s, H, W] broadcast onto the three chroma planes and the
     border normaliser is one [1, 1, s*s, H, W] product of row and column sums.
     CHANNELS: [N, 3*s*s, H, W] throughout (channel c*s*s + i*s + j, the order DepthToSpace in CRD mode reads):
-    the luma phases tiled three times by Concat, the row sums divided out after the row convolution and the
-    column sums after the column one, and the 8-bit phases put in place by one 6-D Transpose
+    the luma phases tiled three times by Concat, the row and column sums divided out after both convolutions as
+    two broadcasts (fused with the luma add and the rounding), and the 8-bit phases put in place by one 6-D Transpose
     (`_phases_to_nhwc`). No 5-D intermediate: OpenVINO's CPU plugin keeps convolution outputs channels-last
     and reorders the whole tensor before a 5-D Reshape (19 ms of 42 in its post stage, ESPCN x3 at 1080p,
     measured). ONNX Runtime runs the PLANES form as fast or faster and copies the 6-D Transpose element by
@@ -353,12 +353,15 @@ def _upscale_chroma(g: _Graph, chroma: str, hw: tuple[str, str], scale: int, *, 
                          g.const("cubic_rows", np.concatenate([taps.reshape(scale, 1, 5, 1)] * planes))],
                 "chroma_row_phases", group=planes)
     row_sums, col_sums = _border_sums(g, hw, taps)
-    if phases == PhaseForm.CHANNELS:  # each 1-D pass divides by its own sums: [1, C*s, H, 1], [1, C*s*s, 1, W]
-        rows = g.op("Div", [rows, g.op("Concat", [row_sums] * planes, "row_sums_c", axis=1)], "rows_normalised")
     cols = g.const("cubic_cols", np.concatenate([taps.reshape(scale, 1, 1, 5)] * planes * scale))
     num = g.op("Conv", [rows, cols], "chroma_phases", group=planes * scale)
     if phases == PhaseForm.CHANNELS:
-        return g.op("Div", [num, g.op("Concat", [col_sums] * (planes * scale), "col_sums_c", axis=1)],
+        # channel c*s*s + i*s + j divides by row sum i ([1, C*s*s, H, 1]) and column sum j ([1, C*s*s, 1, W]),
+        # two broadcasts that a runtime fuses with the luma add and the rounding into one pass
+        channel = np.arange(planes * scale * scale)
+        row_of = g.const("row_phase_of_channel", (channel // scale % scale).astype(np.int64))
+        by_rows = g.op("Div", [num, g.op("Gather", [row_sums, row_of], "row_sums_c", axis=1)], "rows_normalised")
+        return g.op("Div", [by_rows, g.op("Concat", [col_sums] * (planes * scale), "col_sums_c", axis=1)],
                     "chroma_phases_normalised")
     normalised = g.op("Div", [g.op("Reshape", [num, _phase_shape(g, hw, [planes, scale * scale])], "chroma_5d"),
                               _border_norm(g, hw, row_sums, col_sums, scale)], "chroma_phases_normalised")
