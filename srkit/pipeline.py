@@ -124,6 +124,7 @@ class _Graph:
     initializers: list[Any] = field(default_factory=list)
     count: int = 0
     image: str = ""  # the input image cast to float, NHWC: shapes are read from it (see `image_shape`)
+    shape: str = ""  # its Shape, made once
 
     def name(self, hint: str) -> str:
         self.count += 1
@@ -148,7 +149,9 @@ class _Graph:
         """int64 [4]: N, H, W, C of the image, read from its float copy: TensorRT takes 8-bit tensors only as
         network I/O consumed or produced by a Cast (onnx-tensorrt docs/operators.md), so not even Shape may
         read the uint8 input."""
-        return self.op("Shape", [self.image], "image_shape")
+        if not self.shape:
+            self.shape = self.op("Shape", [self.image], "image_shape")
+        return self.shape
 
 
 @dataclass(frozen=True)
@@ -189,8 +192,8 @@ def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Roundin
 
     `rounding`: how float levels become pixels (see Rounding). `phase_space`: for a Y-channel model whose graph
     ends in DepthToSpace (ESPCN), leave that node out and do the colour and rounding on its input, the s*s
-    output phases at the input's size, then put the 8-bit phases in place with one DepthToSpace (see
-    `_phase_tail`); the same pixels with two float DepthToSpace passes at the output's size gone. Composed in
+    output phases at the input's size, then put the 8-bit phases in place in one pass (see `_phase_tail`,
+    PhaseForm); the same pixels with two float DepthToSpace passes at the output's size gone. Composed in
     memory for the backends that ask for it: `srkit export --io` keeps the float DepthToSpace (TensorRT's
     shuffle layers take no 8-bit tensors). `phase_form`: how those phases are held (PhaseForm)."""
     from onnx import TensorProto
