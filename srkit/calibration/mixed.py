@@ -86,8 +86,8 @@ def conv_groups(model: Any, *, blocks: bool = True) -> list[ConvGroup]:
     graph = model.graph
     convs = [n.name for n in graph.node if n.op_type in CONV_OPS]
     macs = conv_macs(model)
-    if len(set(convs)) != len(convs):  # unnamed or duplicate names cannot be addressed: one group per node
-        raise InputError("the model's convolutions need unique node names for a mixed-precision search")
+    if len(set(convs)) != len(convs) or not all(convs):  # a conv is matched across models by its name
+        raise InputError("the block search needs a unique name on every conv of the model; use --search greedy")
     paths = {name: _module_path(name) if blocks else (name,) for name in convs}
     keys = {name: paths[name][:-1] for name in convs}
     limit = max(1, int(len(convs) * MAX_BLOCK_SHARE))
@@ -333,10 +333,10 @@ def predicted_prefix(errors: Sequence[GroupError], allowed_mse: float) -> int:
     return count
 
 
-def bisect_prefix(size: int, start: int, holds: Callable[[int], bool], known_fail: int | None = None) -> int:
+def bisect_prefix(size: int, start: int, holds: Callable[[int], bool]) -> int:
     """The longest prefix (1..size) for which `holds` is true, assuming it is monotone, probing `start` first.
     0 when not even one group meets it."""
-    lo, hi = 0, size + 1 if known_fail is None else known_fail  # holds(lo) assumed true, holds(hi) false
+    lo, hi = 0, size + 1  # holds(lo) taken as true, holds(hi) as false
     probe = min(max(start, 1), hi - 1)
     while hi - lo > 1:
         if holds(probe):
