@@ -131,6 +131,28 @@ def test_flop_count_of_the_bundled_espcn(espcn_x3_onnx: Path) -> None:
     assert count_flops(espcn_x3_onnx, (h, w)).conv == 2 * macs_per_pixel * h * w
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_peak_conv_probe_is_a_chain_whose_flops_the_counter_agrees_with(tmp_path: Path, int8: bool) -> None:
+    """The conv probe amortizes the model-edge conversions over a chain of convs, as a real network does (see
+    srkit.bench.roofline); its FLOPs are what count_flops says of it, and it runs."""
+    import onnx
+    import onnxruntime as ort
+
+    from srkit.bench.roofline import PEAK_CONV, build_probes
+
+    depth = PEAK_CONV[3]
+    probe = build_probes(tmp_path, int8=int8)[0]
+    model = onnx.load(str(probe.path))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == depth >= 4
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert all((producer.get(c.input[0]) == "DequantizeLinear") == int8 for c in convs)  # int8: Q/DQ before each
+    assert count_flops(probe.path, probe.input_shape[2:]).conv == probe.flops
+    x = np.random.default_rng(0).random(probe.input_shape, dtype=np.float32)
+    y = ort.InferenceSession(str(probe.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert y.shape == x.shape and np.isfinite(y).all()
+
+
 def test_roofline_keys() -> None:
     from srkit.bench.roofline import Peak
 

@@ -22,7 +22,7 @@ import numpy as np
 from srkit import imaging
 from srkit.errors import InputError
 from srkit.meta import DEFAULT_MAX_PSNR_DROP_DB, Io, ModelInfo, Precision, judged_by_parity
-from srkit.quality import INT8_GATE_DB, psnr_y
+from srkit.quality import INT8_GATE_DB, psnr_y, y_planes
 
 DEFAULT_MAX_DROP_DB = DEFAULT_MAX_PSNR_DROP_DB
 DEFAULT_MIN_PARITY_DB = INT8_GATE_DB
@@ -55,6 +55,8 @@ class Measurement:
     fp32_psnr_y: float  # vs ground truth
     int8_psnr_y: float
     parity_db: float  # int8 vs fp32 output, Y channel
+    # mean squared error of that Y (8-bit units) over the images: errors of separate layers add up in it
+    parity_mse: float = math.nan
 
     @property
     def drop_db(self) -> float:
@@ -153,7 +155,18 @@ def measure(model: Path, ref: Reference, info: ModelInfo, engine: str) -> Measur
     parity = [min(psnr_y(o, r, 0), 99.0) for o, r in zip(outs, ref.outputs, strict=True)]
     if not all(math.isfinite(p) for p in parity):
         parity = [0.0]
-    return Measurement(ref.psnr_y, psnr, float(np.mean(parity)))
+    mse = float(np.mean([np.mean(np.subtract(*y_planes(o, r, 0)) ** 2) for o, r in zip(outs, ref.outputs, strict=True)]))
+    return Measurement(ref.psnr_y, psnr, float(np.mean(parity)), mse if math.isfinite(mse) else math.inf)
+
+
+def allowed_mse(budget: Budget, ref: Reference) -> float:
+    """The budget as a parity error (Y, 8-bit units): PARITY directly; GROUND_TRUTH through the fp32 model's
+    own error against the ground truth, to which an independent quantization error adds."""
+    peak = 255.0**2
+    if budget.mode == BudgetMode.PARITY:
+        return peak * 10 ** (-budget.min_parity_db / 10)
+    fp32_mse = peak * 10 ** (-ref.psnr_y / 10)
+    return fp32_mse * (10 ** (budget.max_drop_db / 10) - 1)
 
 
 # ---- which layers to keep in float ---------------------------------------------------------------
@@ -162,6 +175,10 @@ class Attempt:
     kept_float: list[str]
     measurement: Measurement
     held: bool
+    label: str = ""  # what was tried, where `kept_float` does not say it (the block search)
+
+    def describe_kept(self) -> str:
+        return self.label or f"float [{summary(self.kept_float)}]"
 
 
 @dataclass
@@ -169,8 +186,7 @@ class SearchLog:
     attempts: list[Attempt] = field(default_factory=list)
 
     def describe(self, budget: Budget) -> str:
-        return "; ".join(f"float [{', '.join(a.kept_float) or 'none'}]: {a.measurement.describe(budget)}"
-                         for a in self.attempts)
+        return "; ".join(f"{a.describe_kept()}: {a.measurement.describe(budget)}" for a in self.attempts)
 
 
 def sensitive_candidates(model: Path, limit: int = 4) -> list[str]:

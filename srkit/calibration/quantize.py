@@ -24,12 +24,14 @@ from srkit.calibration.dataset import (
     CalibrationDataset,
     calibration_dataset,
 )
+from srkit.calibration.mixed import SEARCH_LR_SIDE, BlockSearch, SearchStrategy, conv_macs, search_blocks
+from srkit.calibration.mixed import float_convs as mixed_float_convs
 from srkit.errors import InputError, ParityError
 from srkit.meta import ModelInfo, Precision, read_model_info
 
 # Bump when a change here or in a quantizer alters the int8 models srkit writes: it is recorded in each model
 # (`srkit.quant_recipe`), so caches of int8 models (the benchmark suite's) know to quantize again.
-QUANT_RECIPE = "5"  # 5: int8 Concat inputs stored as uint8 for OpenVINO (calibration/openvino.py)
+QUANT_RECIPE = "6"  # 6: the block search for models with many convs (calibration/mixed.py)
 
 
 class QuantBackend(str, Enum):
@@ -64,6 +66,7 @@ class QuantizeResult:
     validation: list[str]
     log: B.SearchLog = field(default_factory=B.SearchLog)
     seconds: float = 0.0
+    blocks: BlockSearch | None = None  # what the block search measured, when it ran
 
 
 def _method_name(backend: QuantBackend, method: str | None) -> str:
@@ -136,12 +139,15 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
              max_psnr_drop: float | None = None, min_parity_db: float | None = None,
              budget_mode: str | B.BudgetMode | None = None, samples: int = DEFAULT_SAMPLES,
              patch: int = DEFAULT_PATCH, seed: int = 0, max_float_layers: int = 4,
+             search: str | SearchStrategy = SearchStrategy.AUTO,
              progress: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize an fp32 srkit ONNX model to int8 for `backend`, within a PSNR budget.
 
     `calibration`: a folder of images (None: the built-in CC0 calibration photos). The budget is measured on
-    the six held-out photos (srkit.data.HELD_OUT). Raises ParityError with both PSNRs and the layers tried when
-    the budget cannot be met; nothing is written then.
+    the six held-out photos (srkit.data.HELD_OUT). `search`: how convs are chosen to stay float when all-int8
+    misses the budget (srkit.calibration.mixed: `greedy` re-quantizes per attempt, `blocks`/`layers` derive
+    every attempt from one quantized model; `auto` picks by the number of convs). Raises ParityError with both
+    PSNRs and the layers tried when the budget cannot be met; nothing is written then.
     """
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -158,6 +164,10 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
 
     check_writable(out)
     budget = B.resolve_budget(info, budget_mode, max_psnr_drop, min_parity_db)
+    asked = SearchStrategy.parse(search)
+    if method_name == "accuracy-control" and asked != SearchStrategy.AUTO:
+        raise InputError("--method accuracy-control is NNCF's own search; leave --search out")
+    strategy = asked.resolve(_count_convs(model))
 
     data = calibration_dataset(calibration, info, samples=samples, patch=patch, seed=seed)
     say(f"calibration: {data.description}")
@@ -166,16 +176,20 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
     valid = B.validation_set(held_out_images(), info)  # no held-out photo calibrates the built-in run
     ref = B.reference(model, valid, info, qbackend.engine)
     log = B.SearchLog()
+    blocks: BlockSearch | None = None
     with tempfile.TemporaryDirectory(prefix="srkit-quant-") as tmp, quiet_libraries():
         if method_name == "accuracy-control":
             candidate = Path(tmp) / "int8.onnx"
             _, measurement = _accuracy_control(model, candidate, data, ref, info, budget, log)
+        elif strategy in (SearchStrategy.BLOCKS, SearchStrategy.LAYERS):
+            measurement, candidate, blocks = _search_groups(qbackend, method_name, model, Path(tmp), data, ref,
+                                                            info, budget, log, strategy, say)
         else:
             _, measurement, candidate = _search(qbackend, method_name, model, Path(tmp), data, ref, info,
                                                 budget, log, max_float_layers, say)
-        from srkit.calibration.tensorrt import check_qdq
+        import onnx
 
-        float_convs = check_qdq(candidate).float_convs
+        float_convs = mixed_float_convs(onnx.load(str(candidate), load_external_data=False))
         if len(float_convs) >= _count_convs(model):
             raise ParityError(f"int8 cannot meet the budget ({budget.describe()}) with any conv quantized: every "
                               "conv had to stay float, which is the fp32 model; no model written")
@@ -192,10 +206,45 @@ def quantize(model: str | Path, output: str | Path | None = None, *, calibration
             "quant_psnr_drop_db": f"{measurement.drop_db:.3f}",
             "quant_parity_db": f"{measurement.parity_db:.2f}",
             "quant_validation": ",".join(v.name for v in valid),
+            "quant_search": strategy.value if method_name != "accuracy-control" else "nncf",
+            "quant_int8_work": f"{_int8_work_share(model, float_convs):.3f}",
         }
+        if blocks is not None:
+            facts["quant_float_groups"] = json.dumps(blocks.float_groups)
         qinfo = write_int8(candidate, out, info, facts)
     return QuantizeResult(out, qinfo, qbackend, method_name, budget, measurement, float_convs,
-                          data.description, [v.name for v in valid], log, time.perf_counter() - start)
+                          data.description, [v.name for v in valid], log, time.perf_counter() - start, blocks)
+
+
+def _search_groups(backend: QuantBackend, method: str, model: Path, tmp: Path, data: CalibrationDataset,
+                   ref: B.Reference, info: ModelInfo, budget: B.Budget, log: B.SearchLog,
+                   strategy: SearchStrategy, say: Callable[[str], None]) -> tuple[B.Measurement, Path, BlockSearch]:
+    """Quantize once; if all-int8 misses the budget, the block search of srkit.calibration.mixed on centre
+    crops of the validation photos, its result checked on the whole photos."""
+    from srkit.data import held_out_images
+
+    quantized = tmp / "int8.onnx"
+    say("quantizing every conv once")
+    _quantize_once(backend, method, model, quantized, data, [])
+    m = B.measure(quantized, ref, info, backend.engine)
+    held = m.holds(budget)
+    log.attempts.append(B.Attempt([], m, held))
+    say(f"all int8: {m.describe(budget)}" + ("" if held else " - over budget"))
+    if held:
+        return m, quantized, BlockSearch()
+    crops = B.reference(model, B.validation_set(held_out_images(), info, max_side=SEARCH_LR_SIDE * info.scale),
+                        info, backend.engine)
+    return search_blocks(quantized, model, tmp, info=info, engine=backend.engine, budget=budget, crops=crops,
+                         full=ref, blocks=strategy == SearchStrategy.BLOCKS, log=log, say=say)
+
+
+def _int8_work_share(model: Path, float_convs: list[str]) -> float:
+    """The share of the convs' multiply-accumulates that run in int8."""
+    import onnx
+
+    macs = conv_macs(onnx.load(str(model), load_external_data=False))
+    total = sum(macs.values())
+    return 1.0 - sum(macs.get(c, 0) for c in float_convs) / total if total else 0.0
 
 
 def _search(backend: QuantBackend, method: str, model: Path, tmp: Path, data: CalibrationDataset,

@@ -374,7 +374,7 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
 # ---- quantize --------------------------------------------------------------------------------------
 def quantize(model: str, calib: str | None, output: str | None, *, backend: str, method: str | None,
              max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None, samples: int,
-             patch: int, seed: int) -> None:
+             patch: int, seed: int, search: str = "auto") -> None:
     from srkit.calibration import quantize as run_quantize
 
     model_path = resolve_onnx(model)
@@ -386,7 +386,7 @@ def quantize(model: str, calib: str | None, output: str | None, *, backend: str,
 
         result = run_quantize(model_path, output, calibration=calib, backend=backend, method=method,
                               max_psnr_drop=max_psnr_drop, min_parity_db=min_parity, budget_mode=budget_mode,
-                              samples=samples, patch=patch, seed=seed, progress=note)
+                              samples=samples, patch=patch, seed=seed, search=search, progress=note)
     _report_quantized(result)
 
 
@@ -396,12 +396,29 @@ def _report_quantized(result: QuantizeResult) -> None:
     echo(f"calibration: {result.calibration}")
     echo(f"validation ({', '.join(result.validation)}): {m.describe(result.budget)}  "
          f"[budget {result.budget.describe()}: met]")
+    if result.blocks is not None and result.blocks.errors:
+        _report_block_errors(result)
     for attempt in result.log.attempts:
-        kept = ", ".join(attempt.kept_float) or "none"
-        echo(f"  tried float [{kept}]: {attempt.measurement.describe(result.budget)}"
+        echo(f"  tried {attempt.describe_kept()}: {attempt.measurement.describe(result.budget)}"
              + ("" if attempt.held else "  (over budget)"))
-    echo(f"kept in float: {', '.join(result.kept_float) or 'none'}")
+    if result.blocks is not None and result.blocks.float_groups:
+        echo(f"groups kept in float: {', '.join(result.blocks.float_groups)}")
+    share = result.info.extra.get("quant_int8_work")
+    echo(f"kept in float: {', '.join(result.kept_float) or 'none'}"
+         + (f"  (int8 share of the conv work: {float(share):.0%})" if share else ""))
     echo(f"done in {result.seconds:.1f} s")
+
+
+def _report_block_errors(result: QuantizeResult, shown: int = 8) -> None:
+    """The groups whose int8 error (each alone in int8, on the search crops) is largest, and the cheapest."""
+    from srkit.calibration.mixed import mse_to_db
+
+    assert result.blocks is not None
+    errors = sorted(result.blocks.errors, key=lambda e: -e.mse)
+    echo(f"sensitivity ({len(errors)} groups, each alone in int8, parity on the search crops):")
+    rows = errors if len(errors) <= 2 * shown else [*errors[:shown], None, *errors[-shown // 2:]]
+    for e in rows:
+        echo("  ..." if e is None else f"  {e.group.name}: {mse_to_db(e.mse):.2f} dB")
 
 
 def quantize_qat(model: str, data: str | None, output: str | None, *, backend: str,

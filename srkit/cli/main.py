@@ -254,6 +254,12 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
               help="drop: PSNR-Y vs ground truth; parity: vs the fp32 output (default: GAN archs -> parity)")
 @click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="calibration patches")
 @click.option("--patch", type=click.IntRange(1), default=64, show_default=True, help="patch side (LR pixels)")
+@click.option("--search", type=click.Choice(["auto", "greedy", "blocks", "layers"], case_sensitive=False),
+              default="auto", show_default=True,
+              help="which convs stay float when all-int8 misses the budget. greedy: up to 4 candidate convs, "
+              "re-quantized per attempt; blocks: quantize once, measure each block's (e.g. each dense block's) "
+              "error alone on small crops, keep the worst error per unit of work in float; layers: blocks with "
+              "one conv each (slow on big models); auto: greedy up to 12 convs, blocks above")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="random seed of the calibration patches (--qat: of the training patches and weights)")
 @click.option("--qat", is_flag=True,
@@ -269,7 +275,7 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
               help="--qat: patches per step")
 def quantize(model: str, calib: str | None, output: str | None, backend: str, method: str | None,
              max_psnr_drop: float | None, min_parity: float | None, budget_mode: str | None, samples: int,
-             patch: int, seed: int, qat: bool, data: str | None, steps: int, qat_lr: float,
+             patch: int, search: str, seed: int, qat: bool, data: str | None, steps: int, qat_lr: float,
              qat_batch: int) -> None:
     """int8 model calibrated on real images, with its PSNR cost measured and bounded.
 
@@ -278,8 +284,9 @@ def quantize(model: str, calib: str | None, output: str | None, backend: str, me
     from srkit.cli import commands
 
     if qat:
-        if calib or method:
-            raise click.UsageError("--qat trains on --data; --calib and --method are for post-training int8")
+        if calib or method or search != "auto":
+            raise click.UsageError("--qat trains on --data; --calib, --method and --search are for post-training "
+                                   "int8")
         commands.quantize_qat(model, data, output, backend=backend, max_psnr_drop=max_psnr_drop,
                               min_parity=min_parity, budget_mode=budget_mode,
                               settings=QatSettings(steps=steps, lr=qat_lr, batch=qat_batch, seed=seed))
@@ -287,7 +294,8 @@ def quantize(model: str, calib: str | None, output: str | None, backend: str, me
     if data:
         raise click.UsageError("--data is the --qat training folder; post-training int8 calibrates on --calib")
     commands.quantize(model, calib, output, backend=backend, method=method, max_psnr_drop=max_psnr_drop,
-                      min_parity=min_parity, budget_mode=budget_mode, samples=samples, patch=patch, seed=seed)
+                      min_parity=min_parity, budget_mode=budget_mode, samples=samples, patch=patch, seed=seed,
+                      search=search)
 
 
 def _fail(message: str, code: int = 2) -> int:
