@@ -30,6 +30,7 @@ from srkit.bench import baselines
 from srkit.bench.metrics import psnr_y
 from srkit.data import HELD_OUT, held_out_images
 from srkit.models import registry
+from srkit.qat.data import random_dihedral
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "srkit" / "models" / "weights"
 
@@ -186,12 +187,7 @@ class PatchSampler:
             hr_patch = hr[y * s : (y + p) * s, x * s : (x + p) * s]
             if not self.skip_flat or hr_patch.std() > 0.02 or self.rng.random() < 0.1:
                 break
-        lr_patch = lr[y : y + p, x : x + p]
-        k = int(self.rng.integers(4))
-        lr_patch, hr_patch = np.rot90(lr_patch, k), np.rot90(hr_patch, k)
-        if self.rng.random() < 0.5:
-            lr_patch, hr_patch = lr_patch[:, ::-1], hr_patch[:, ::-1]
-        return lr_patch, hr_patch
+        return random_dihedral(lr[y : y + p, x : x + p], hr_patch, self.rng)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         lrs, hrs = zip(*(self.one() for _ in range(n)), strict=True)

@@ -49,7 +49,7 @@ PIPELINE_OPS = frozenset({
     "Cast", "Clip", "Concat", "ConstantOfShape", "Conv", "DepthToSpace", "Div", "Gather", "Mod", "Mul",
     "Pad", "ReduceMean", "Round", "Shape", "Slice", "Sub", "Transpose", "Add", "Identity", "Reshape", "Unsqueeze",
 })
-# Rounding.QUANTIZE adds QuantizeLinear (uint8) and compose(phase_space=True) an 8-bit DepthToSpace: srkit
+# Rounding.QUANTIZE adds QuantizeLinear (uint8) and compose(phase_form=...) an 8-bit DepthToSpace: srkit
 # composes those only in memory, for the backends that run them
 
 
@@ -99,7 +99,7 @@ class Rounding(str, Enum):
 
 
 class PhaseForm(str, Enum):
-    """How the phase-space tail (compose(phase_space=True)) holds an RGB image's output phases; same pixels.
+    """How the phase-space tail (compose(phase_form=...)) holds an RGB image's output phases; same pixels.
 
     PLANES: [N, 3, s*s, H, W]; the luma phases [N, 1, s*s, H, W] broadcast onto the three chroma planes and the
     border normaliser is one [1, 1, s*s, H, W] product of row and column sums.
@@ -187,21 +187,22 @@ def check_composable(info: ModelInfo, io: Io) -> None:
 
 
 def compose(model: Any, info: ModelInfo, io: Io, *, rounding: Rounding = Rounding.PORTABLE,
-            phase_space: bool = False, phase_form: PhaseForm = PhaseForm.PLANES) -> Any:
+            phase_form: PhaseForm | None = None) -> Any:
     """tensor model (onnx.ModelProto) + its ModelInfo -> a pipeline ModelProto for `io` (metadata included).
 
-    `rounding`: how float levels become pixels (see Rounding). `phase_space`: for a Y-channel model whose graph
-    ends in DepthToSpace (ESPCN), leave that node out and do the colour and rounding on its input, the s*s
-    output phases at the input's size, then put the 8-bit phases in place in one pass (see `_phase_tail`,
-    PhaseForm); the same pixels with two float DepthToSpace passes at the output's size gone. Composed in
-    memory for the backends that ask for it: `srkit export --io` keeps the float DepthToSpace (TensorRT's
-    shuffle layers take no 8-bit tensors). `phase_form`: how those phases are held (PhaseForm)."""
+    `rounding`: how float levels become pixels (see Rounding). `phase_form` (None: none): for a Y-channel model
+    whose graph ends in DepthToSpace (ESPCN), leave that node out and do the colour and rounding on its input,
+    the s*s output phases at the input's size, held in that PhaseForm, then put the 8-bit phases in place in one
+    pass (see `_phase_tail`); the same pixels with two float DepthToSpace passes at the output's size gone.
+    Composed in memory for the backends that ask for it: `srkit export --io` keeps the float DepthToSpace
+    (TensorRT's shuffle layers take no 8-bit tensors)."""
     from onnx import TensorProto
 
     check_composable(info, io)
     inner = _describe_inner(model)
     # 8-bit only: ONNX Runtime has no uint16 DepthToSpace
-    tail = _phase_tail(model, info, inner) if phase_space and info.color == Color.Y and io != Io.RGB16 else None
+    wants_tail = phase_form is not None and info.color == Color.Y and io != Io.RGB16
+    tail = _phase_tail(model, info, inner) if wants_tail else None
     if tail is not None:
         inner = replace(inner, output_name=tail.input[0])
     g = _Graph()

@@ -191,7 +191,7 @@ def test_phase_space_tail_gives_the_same_pixels(espcn_x3_onnx: Path, sample_rgb:
         return session.run(None, feed)
 
     plain = compose(model, info, kind, rounding=rounding)
-    phased = compose(model, info, kind, rounding=rounding, phase_space=True, phase_form=form)
+    phased = compose(model, info, kind, rounding=rounding, phase_form=form)
     d2s = [n for n in phased.graph.node if n.op_type == "DepthToSpace"]
     # the model's own and the chroma's float ones are gone; CHANNELS puts RGB phases in place by a Transpose
     assert [n.name[: len(PREFIX)] for n in d2s] == ([] if form == PhaseForm.CHANNELS and kind == Io.RGB8
@@ -273,7 +273,7 @@ def test_every_pipeline_op_is_in_tensorrts_onnx_table_with_its_types(rgb8_model:
         for kind in kinds:
             for composed in (compose(model, info, kind),
                              compose(model, info, kind, rounding=trt.pipeline_rounding,
-                                     phase_space=trt.pipeline_phase_form is not None)):
+                                     phase_form=trt.pipeline_phase_form)):
                 added = [n for n in composed.graph.node if n.name.startswith(PREFIX)]
                 assert {n.op_type for n in added} <= set(TENSORRT_OPERATORS)
                 assert _tensorrt_type_errors(composed, added_only=True) == []
@@ -282,7 +282,7 @@ def test_every_pipeline_op_is_in_tensorrts_onnx_table_with_its_types(rgb8_model:
     assert _tensorrt_type_errors(onnx.load(str(rgb8_model))) == []
     # what the check catches: srkit's in-memory CPU form moves 8-bit pixels, which TensorRT cannot take
     cpu_form = compose(onnx.load(str(espcn_x3_onnx)), read_model_info(espcn_x3_onnx), Io.RGB8,
-                       rounding=Rounding.QUANTIZE, phase_space=True)
+                       rounding=Rounding.QUANTIZE, phase_form=PhaseForm.PLANES)
     assert any("UINT8" in e for e in _tensorrt_type_errors(cpu_form))
 
 

@@ -338,8 +338,9 @@ def bench(model: str, backend: str, precision: str, size: str, dataset: str | No
     info = read_model_info(model_path)
     from srkit.models import zoo as bundled
 
-    if int8_model is None and bundled.is_bundled(model) and bundled.get(model).int8 is not None:
-        int8_model = str(bundled.get(model).int8)  # the shipped all-int8 model is the int8 rows' model
+    shipped = bundled.get(model).int8 if bundled.is_bundled(model) else None
+    if int8_model is None and shipped is not None:
+        int8_model = str(shipped)  # the shipped all-int8 model is the int8 rows' model
     for out in (json_out, md_out, plot_out):
         if out:
             check_writable(Path(out))

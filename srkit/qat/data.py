@@ -36,6 +36,15 @@ class TrainingSet:
     description: str
 
 
+def random_dihedral(lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same one of the 8 rotations / mirrorings applied to a LR patch and its HR patch (views, no copy)."""
+    k = int(rng.integers(4))
+    lr, hr = np.rot90(lr, k), np.rot90(hr, k)
+    if rng.random() < 0.5:
+        lr, hr = lr[:, ::-1], hr[:, ::-1]
+    return lr, hr
+
+
 def _as_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint16:
         pixels = imaging.from_float(imaging.to_float(pixels), np.uint8)
@@ -106,11 +115,7 @@ class PatchSampler:
         y = int(self.rng.integers(0, pair.lr.shape[0] - n + 1))
         x = int(self.rng.integers(0, pair.lr.shape[1] - n + 1))
         lr, hr = pair.lr[y : y + n, x : x + n], pair.hr[y * s : (y + n) * s, x * s : (x + n) * s]
-        k = int(self.rng.integers(4))
-        lr, hr = np.rot90(lr, k), np.rot90(hr, k)
-        if self.rng.random() < 0.5:
-            lr, hr = lr[:, ::-1], hr[:, ::-1]
-        return lr, hr
+        return random_dihedral(lr, hr, self.rng)
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """NCHW float32 arrays."""

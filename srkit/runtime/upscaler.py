@@ -331,7 +331,7 @@ class Upscaler:
         precision the tensor model runs (`auto` is measured on the tensor model first)."""
         import onnx
 
-        from srkit.pipeline import PhaseForm, compose
+        from srkit.pipeline import compose
 
         options = self.backend.options
         if options.precision == Precision.AUTO:
@@ -340,9 +340,8 @@ class Upscaler:
             options = replace(options, precision=choice.chosen if choice else Precision.FP32)
         model = onnx.load(str(self.model_path))
         # in memory, so the 8-bit phase-space tail (srkit.pipeline.compose) is fine: no TensorRT parser sees it
-        form = self._backend_cls.pipeline_phase_form
         graph = compose(model, self.info, io, rounding=self._backend_cls.pipeline_rounding,
-                        phase_space=form is not None, phase_form=form or PhaseForm.PLANES).SerializeToString()
+                        phase_form=self._backend_cls.pipeline_phase_form).SerializeToString()
         backend = self._backend_cls(self.model_path, replace(self.info, io=io), options, graph=graph)
         return backend.activate()
 
